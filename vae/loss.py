@@ -1,0 +1,71 @@
+"""Loss terms of a Bernoulli-decoder VAE with a standard-normal prior, as pure functions.
+
+Everything is in nats per image: summed over pixels and latent dimensions, then
+averaged over the batch where a function says so.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """-log p(x | logits) per image, in nats: (..., D) -> (...).
+
+    Stable for any logit (uses log-sum-exp inside BCE-with-logits); x may be
+    binary or grayscale in [0, 1] (then it is the cross-entropy, not an NLL).
+    """
+    return F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none").sum(-1)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per image, in nats: (..., L) -> (...)."""
+    mu, logvar = mu.float(), logvar.float()
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) summed over the last dimension, in nats."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar)).sum(-1)
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) summed over the last dimension, in nats."""
+    return -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
+
+
+class ELBOTerms(NamedTuple):
+    """Batch means, nats per image. elbo = -(recon_bce + kl) always uses beta = 1."""
+
+    recon_bce: torch.Tensor
+    kl: torch.Tensor
+    elbo: torch.Tensor
+
+    def loss(self, beta: float = 1.0) -> torch.Tensor:
+        """The training objective recon_bce + beta * kl (beta weights training only)."""
+        return self.recon_bce + beta * self.kl
+
+
+def elbo_terms(
+    logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+) -> ELBOTerms:
+    """Reconstruction BCE, KL and ELBO, each averaged over the batch (nats per image)."""
+    recon = bernoulli_nll(logits, x).mean()
+    kl = gaussian_kl(mu, logvar).mean()
+    return ELBOTerms(recon, kl, -(recon + kl))
+
+
+def iwae_bound(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Importance-weighted bound log (1/k) sum_k w_k from log-weights along `dim`.
+
+    With k = 1 it is the single-sample ELBO; its expectation rises towards
+    log p(x) as k grows (Burda et al. 2015). Nats per image.
+    """
+    k = log_w.shape[dim]
+    return torch.logsumexp(log_w, dim=dim) - math.log(k)

@@ -1,0 +1,184 @@
+"""One plain training loop for the models in vae.model, with per-epoch callbacks.
+
+`fit(model, data, TrainConfig(...), device)` trains with Adam on in-memory batches
+and hands each epoch's metrics to `on_epoch_end(epoch, metrics)`; it logs nowhere itself.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from vae.data import Datasets
+from vae.evaluate import elbo_metrics
+from vae.model import ModelConfig, build_model
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+NONFINITE_CHECK_EVERY = 25  # steps between checks of the running loss (a host sync each)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one training run."""
+
+    epochs: int = 10  # passes over the training split
+    batch_size: int = 128  # images per Adam step
+    lr: float = 1e-3  # Adam learning rate
+    seed: int = 0  # seeds weights, shuffling, binarization and reparameterization noise
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls, fp32 weights and loss
+
+    def __post_init__(self) -> None:
+        for name, low, high in (("epochs", 1, 100_000), ("batch_size", 1, 1_000_000), ("seed", 0, 2**32 - 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+                raise ValueError(f"{name} must be an integer in [{low}, {high}], got {v!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr <= 10:
+            raise ValueError(f"lr must be a number in (0, 10], got {self.lr!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; `epoch` and `step` say where."""
+
+    def __init__(self, epoch: int, step: int, value: float) -> None:
+        super().__init__(f"non-finite training loss {value} at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.value = epoch, step, value
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) from one integer."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an unavailable choice raises ValueError."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' requested but MPS is not available; use --device cpu or auto")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be one of auto, cpu, cuda, mps; got {name!r}")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on the device when asked for, else nothing."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam; the fused kernel where this torch has it for the device (one kernel per step)."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+
+
+def fit(
+    model: nn.Module,
+    data: Datasets,
+    config: TrainConfig,
+    device: torch.device | str = "cpu",
+    on_epoch_end: EpochCallback | None = None,
+    progress: bool = True,
+    eval_batch_size: int = 2000,
+) -> list[dict[str, float]]:
+    """Train `model` in place; return one metrics dict per epoch.
+
+    Metrics are nats per image: `train/<term>` averaged over the epoch's batches
+    (as trained: dynamic binarization, sampled z), `val/<term>` on the fixed
+    validation split when it is not empty. A callback may raise to stop training
+    (Optuna's TrialPruned, say); the exception propagates unchanged.
+    """
+    device = torch.device(device)
+    seed_everything(config.seed)
+    model.to(device).train()
+    train = data.train.to(device)
+    val = data.val.to(device)
+    opt = make_optimizer(model, config.lr)
+    shuffle_gen = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, float]] = []
+    n_batches = math.ceil(len(train) / config.batch_size)
+
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        seen = 0
+        bar = tqdm(
+            train.batches(config.batch_size, shuffle=True, generator=shuffle_gen),
+            total=n_batches,
+            desc=f"epoch {epoch}/{config.epochs}",
+            disable=not progress,
+            leave=False,
+            unit="batch",
+        )
+        for step, xb in enumerate(bar):
+            with autocast(device, config.precision):
+                terms = model.loss(xb)
+            loss = terms["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            b = xb.shape[0]
+            with torch.no_grad():
+                for k, v in terms.items():
+                    if k != "loss":
+                        sums[k] = sums[k] + v.detach() * b if k in sums else v.detach() * b
+            seen += b
+            if step % NONFINITE_CHECK_EVERY == 0 or step == n_batches - 1:
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(epoch, step, value)
+        metrics = {f"train/{k}": (v / seen).item() for k, v in sums.items()}
+        if len(val):
+            metrics |= {f"val/{k}": v for k, v in elbo_metrics(model, val.x, eval_batch_size, seed=config.seed).items()}
+        history.append(metrics)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+    model.eval()
+    return history
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, kind: str, train_config: TrainConfig) -> Path:
+    """Write the state dict with both configs, loadable with weights_only=True."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "kind": kind,
+            "model_config": asdict(model.config),
+            "train_config": asdict(train_config),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        },
+        path,
+    )
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainConfig]:
+    """The model (in eval mode) and the TrainConfig saved by save_checkpoint."""
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model = build_model(ckpt["kind"], ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), TrainConfig(**ckpt["train_config"])
