@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,10 +141,13 @@ def check_data(dataset: str, root: str | os.PathLike | None = None, download: bo
         raise DataError(f"{dataset} not found in {where}; {hint}")
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    made = [p for p in (path, path / DATASET_FOLDERS[dataset]) if not p.exists()]
     try:
         for train in (True, False):
             _torchvision_dataset(dataset)(str(path), train=train, download=True)
     except Exception as exc:  # any network or file failure ends in the same advice
+        for p in made:  # leave nothing behind from a failed download
+            shutil.rmtree(p, ignore_errors=True)
         raise DataError(f"{dataset} not found in {where} and the download failed ({type(exc).__name__}); {hint}") from None
     finally:
         socket.setdefaulttimeout(old)

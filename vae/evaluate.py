@@ -157,3 +157,18 @@ def manifold_grid(model: nn.Module, n: int = 20, span: float = 0.95) -> torch.Te
 def log_likelihood_bits(nll_nats: float) -> float:
     """Bits per dimension of an NLL in nats per 784-pixel image."""
     return nll_nats / (784 * math.log(2))
+
+
+def final_metrics(
+    model: nn.Module, x: torch.Tensor, iw_samples: int = 100, iw_images: int | None = None, seed: int = 0
+) -> dict[str, float]:
+    """The end-of-training scores of a VAE on test images (nats per image, higher ELBO is better).
+
+    elbo, recon_bce, kl: single-sample, over all of x; nll_iw: IWAE bound with k =
+    iw_samples over the first iw_images images; active_units: a count, not nats.
+    """
+    out = elbo_metrics(model, x, seed=seed)
+    xi = x if iw_images is None else x[:iw_images]
+    out["nll_iw"] = iwae_nll(model, xi, k=iw_samples, seed=seed)
+    out["active_units"] = float(active_units(model, x))
+    return out

@@ -1,0 +1,34 @@
+"""The one exception type for input a person must fix, and how the CLIs print it.
+
+Anything raising BenchError is reported as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, NoReturn
+
+EXIT_BAD_INPUT = 2
+
+
+class BenchError(Exception):
+    """Bad input or an unreachable service: the message says what is wrong and what to do."""
+
+
+def fail(message: str) -> NoReturn:
+    """Print `error: message` as one line on stderr and exit with code 2."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(EXIT_BAD_INPUT)
+
+
+def cli_main(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Wrap a CLI main so that a BenchError becomes one line and exit code 2, without a traceback."""
+
+    def wrapped(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except BenchError as exc:
+            fail(str(exc))
+
+    wrapped.__doc__ = main.__doc__
+    return wrapped

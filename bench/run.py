@@ -1,0 +1,206 @@
+"""`python -m bench.run --study latent`: an Optuna study of VAEs, every trial tracked in MLflow.
+
+Validates everything first (exit 2, nothing written), then runs this worker's share of trials,
+and at the end summarizes the study, trains the baselines and writes the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from bench.errors import BenchError, cli_main
+
+DEFAULT_STUDY = "latent"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description="Run (or resume) a VAE study: an Optuna search whose trials are tracked in MLflow, "
+        "then the baselines (autoencoder, PCA) and a comparison report.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--study", default=DEFAULT_STUDY, help="a study shipped in studies/ (latent, smoke, seed, ci) or a path to a .toml file")
+    p.add_argument("--n-trials", type=int, default=None, help="trials in total across all workers and resumes (default: the study file's)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the study file's)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts (default: the study file's, else none)")
+    p.add_argument("--storage", default=None, help="Optuna storage: a database URL (postgresql://..., sqlite:///optuna.db) or a journal file path (default: ./optuna.journal)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's default sqlite:///mlflow.db in the working directory)")
+    p.add_argument("--data-dir", default=None, help="folder with MNIST/raw and FashionMNIST/raw (default: $VAE_DATA_DIR, else ./data, downloaded there if missing)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to train")
+    p.add_argument("--seed", type=int, default=None, help="overrides the training and sampler seeds (default: the study file's)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes sharing the study")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: CPU cores / workers)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--epoch-progress", action="store_true", help="also show a progress bar per epoch")
+    p.add_argument("--no-baselines", action="store_true", help="skip the baselines and the report at the end")
+    p.add_argument("--report-dir", default=None, help="where the comparison report is written (default: reports/<study>)")
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--no-finalize", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+@dataclass
+class Validated:
+    spec: object
+    device: object
+    tracking_uri: str
+    storage: object
+    data_root: str
+    threads: int
+
+
+def validate(args: argparse.Namespace) -> Validated:
+    """Every check that needs no writing: raises BenchError with one line on the first problem."""
+    from bench.spec import load_spec
+    from bench.storage import check_reachable, parse_storage
+    from bench.tracking import check_tracking_uri, resolve_tracking_uri
+    from vae.data import DataError, check_data
+    from vae.train import resolve_device
+
+    spec = load_spec(args.study).with_overrides(
+        n_trials=args.n_trials, epochs=args.epochs, timeout_s=args.timeout, seed=args.seed
+    )
+    if args.workers < 1 or args.workers > 64:
+        raise BenchError(f"--workers must be between 1 and 64, got {args.workers}")
+    if args.threads is not None and args.threads < 1:
+        raise BenchError(f"--threads must be at least 1, got {args.threads}")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
+    try:
+        root = check_data(spec.data.dataset, args.data_dir)
+    except DataError as exc:
+        raise BenchError(str(exc)) from None
+    uri = resolve_tracking_uri(args.tracking_uri)
+    storage = parse_storage(args.storage)
+    if storage.kind == "rdb" and storage.location.split("?")[0] == uri.split("?")[0]:
+        raise BenchError("--storage and --tracking-uri name the same database; Optuna and MLflow need separate ones")
+    check_tracking_uri(uri)
+    check_reachable(storage)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    return Validated(spec, device, uri, storage, str(root), threads)
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM ends the current trial like Ctrl-C
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def spawn_workers(argv: list[str], n: int, threads: int) -> list[subprocess.Popen]:
+    """Start n-1 more local workers with the same arguments (this process is worker 0)."""
+    base = [a for a in argv]
+    procs = []
+    for i in range(1, n):
+        cmd = [sys.executable, "-m", "bench.run", *base, "--workers", "1", "--threads", str(threads),
+               "--worker-index", str(i), "--no-finalize", "--no-progress"]
+        procs.append(subprocess.Popen(cmd))
+    return procs
+
+
+def strip_flags(argv: list[str], flags: dict[str, bool]) -> list[str]:
+    """argv without the given flags (flag -> takes a value)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in flags:
+            skip = flags[name] and "=" not in a
+            continue
+        out.append(a)
+    return out
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    v = validate(args)
+
+    import optuna
+    import torch
+
+    from bench.finalize import finalize
+    from bench.objective import TrialRunner
+    from bench.storage import StaleTrialHandler, open_storage
+    from bench.study import FINISHED_STATES, count, ensure_parent_run, open_study, recover_dead_local_trials, run_worker
+    from bench.summary import best_trial
+    from bench.tracking import Tracker, ui_command
+    from vae.data import load_data
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    torch.set_num_threads(v.threads)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    spec = v.spec
+    progress = not args.no_progress
+
+    data = load_data(spec.data, v.data_root)
+    stale = StaleTrialHandler()
+    storage = open_storage(v.storage, stale)
+    seed_offset = args.worker_index
+    study, created = open_study(spec, storage, seed_offset)
+    tracker = Tracker(v.tracking_uri, spec.name)
+    parent = ensure_parent_run(study, created, spec, tracker)
+    recovered = recover_dead_local_trials(study, tracker)
+    if recovered and progress:
+        print(f"marked trials {recovered} as failed: their worker process is gone", file=sys.stderr)
+    tracker.set_status(parent, "RUNNING")
+    children = []
+    if args.workers > 1:
+        children = spawn_workers(strip_flags(argv, {"--workers": True, "--threads": True}), args.workers, v.threads)
+
+    runner = TrialRunner(spec, data, v.device, tracker, parent, epoch_progress=args.epoch_progress)
+    deadline = None if spec.timeout_s is None else time.monotonic() + spec.timeout_s
+    t0 = time.monotonic()
+    try:
+        result = run_worker(spec, study, runner, stale, deadline, progress=progress)
+        for c in children:
+            c.wait()
+    except KeyboardInterrupt:
+        for c in children:
+            c.send_signal(signal.SIGTERM)
+        for c in children:
+            c.wait()
+        if count(study, (optuna.trial.TrialState.RUNNING,)) == 0:
+            tracker.set_status(parent, "KILLED")
+        print(f"\ninterrupted; {count(study, FINISHED_STATES)} finished trials are kept. Re-run the same command to resume.", file=sys.stderr)
+        return 130
+
+    if args.no_finalize:
+        return 0
+    complete = count(study, FINISHED_STATES) >= spec.n_trials
+    finalize(study, spec, tracker, parent, data, v.device, run_baselines=complete and not args.no_baselines,
+             report_dir=args.report_dir, progress=progress)
+    if count(study, (optuna.trial.TrialState.RUNNING,)) == 0:
+        tracker.set_status(parent, "FINISHED")
+
+    best = best_trial(study)
+    print(f"\nstudy {spec.name}: {count(study, FINISHED_STATES)}/{spec.n_trials} trials finished "
+          f"({result.ran} run by this process in {time.monotonic() - t0:.0f} s)")
+    if best is not None:
+        print(f"best trial {best.number}: {spec.metric} = {best.value:.2f}")
+        print("  params: " + ", ".join(f"{k}={_fmt(val)}" for k, val in best.params.items()))
+        tm = best.user_attrs.get("test_metrics", {})
+        if tm:
+            print("  test:   " + ", ".join(f"{k}={_fmt(val)}" for k, val in tm.items()))
+    print(f"MLflow: experiment {spec.name!r}, parent run {parent} at {v.tracking_uri}")
+    print(f"open the UI: {ui_command(v.tracking_uri)}")
+    return 0
+
+
+def _fmt(x) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""Study files (`studies/*.toml`) read into frozen dataclasses and validated before anything runs.
+
+`load_spec("latent")` finds a shipped study by name, `load_spec("path/to.toml")` reads a file;
+every problem is a BenchError naming the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from bench.errors import BenchError
+from vae.data import DataConfig
+from vae.model import ModelConfig
+from vae.train import TrainConfig
+
+STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+
+# metric -> direction in which it improves
+METRIC_DIRECTIONS = {
+    f"{split}/{name}": ("maximize" if name == "elbo" else "minimize")
+    for split in ("train", "val")
+    for name in ("elbo", "recon_bce", "kl")
+}
+SAMPLERS = ("tpe", "random", "grid", "gp")
+PRUNERS = ("median", "hyperband", "none")
+BASELINES = ("ae", "pca")
+MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
+TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"seed"}
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """Which Optuna sampler proposes trials."""
+
+    type: Literal["tpe", "random", "grid", "gp"] = "tpe"
+    seed: int | None = 0  # None: a fresh random seed each run
+
+    def __post_init__(self) -> None:
+        if self.type not in SAMPLERS:
+            raise ValueError(f"sampler.type must be one of {', '.join(SAMPLERS)}, got {self.type!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"sampler.seed must be a non-negative integer, got {self.seed!r}")
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    """Which Optuna pruner stops unpromising trials, judged on the per-epoch metric."""
+
+    type: Literal["median", "hyperband", "none"] = "median"
+    n_warmup_steps: int = 2  # epochs reported before a trial may be pruned (median)
+    n_startup_trials: int = 3  # trials finished before pruning starts (median)
+
+    def __post_init__(self) -> None:
+        if self.type not in PRUNERS:
+            raise ValueError(f"pruner.type must be one of {', '.join(PRUNERS)}, got {self.type!r}")
+        for name in ("n_warmup_steps", "n_startup_trials"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"pruner.{name} must be a non-negative integer, got {v!r}")
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One searched config field: categorical choices, or an int/float range."""
+
+    name: str  # a ModelConfig or TrainConfig field
+    type: Literal["categorical", "int", "float"]
+    choices: tuple[Any, ...] | None = None
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+
+    def __post_init__(self) -> None:
+        where = f"search.{self.name}"
+        if self.name not in MODEL_FIELDS | TRAIN_FIELDS:
+            allowed = ", ".join(sorted(MODEL_FIELDS | TRAIN_FIELDS))
+            raise ValueError(f"[{where}]: {self.name!r} is not a config field; searchable fields: {allowed}")
+        if self.type == "categorical":
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError(f"[{where}]: a categorical parameter needs a non-empty 'choices' list and no low/high")
+            for c in self.choices:
+                _check_value(self.name, c, where)
+            return
+        if self.type not in ("int", "float"):
+            raise ValueError(f"[{where}]: type must be 'categorical', 'int' or 'float', got {self.type!r}")
+        if self.choices is not None:
+            raise ValueError(f"[{where}]: 'choices' is only for type = 'categorical'")
+        num = int if self.type == "int" else (int, float)
+        for k in ("low", "high"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, num):
+                raise ValueError(f"[{where}]: {k} must be {'an integer' if self.type == 'int' else 'a number'}, got {v!r}")
+        if self.low > self.high:
+            raise ValueError(f"[{where}]: low ({self.low}) must not exceed high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"[{where}]: log = true needs low > 0, got {self.low}")
+        if self.log and self.step is not None and self.type == "float":
+            raise ValueError(f"[{where}]: step and log = true cannot be combined for floats")
+        if self.step is not None and (isinstance(self.step, bool) or not isinstance(self.step, num) or self.step <= 0):
+            raise ValueError(f"[{where}]: step must be a positive number, got {self.step!r}")
+        _check_value(self.name, int(self.low) if self.type == "int" else float(self.low), where)
+        _check_value(self.name, int(self.high) if self.type == "int" else float(self.high), where)
+
+    def grid_values(self) -> list[Any]:
+        """All values, for the grid sampler: the choices, or the stepped range."""
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.step is None:
+            if self.type == "int" and not self.log:
+                return list(range(self.low, self.high + 1))
+            raise ValueError(f"[search.{self.name}]: the grid sampler needs 'choices' or a 'step'")
+        n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        return [self.low + i * self.step for i in range(n)]
+
+
+def _check_value(name: str, value: Any, where: str) -> None:
+    """Build the config that owns `name` with `value`, so its own checks judge it."""
+    cls = ModelConfig if name in MODEL_FIELDS else TrainConfig
+    try:
+        cls(**{name: value})
+    except ValueError as exc:
+        raise ValueError(f"[{where}]: {exc}") from None
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How finished trials are evaluated on the test set."""
+
+    iw_samples: int = 100  # k of the importance-weighted NLL (test/nll_iw)
+    iw_images: int | None = None  # test images used for test/nll_iw; None = all
+
+    def __post_init__(self) -> None:
+        if isinstance(self.iw_samples, bool) or not isinstance(self.iw_samples, int) or not 1 <= self.iw_samples <= 100_000:
+            raise ValueError(f"eval.iw_samples must be an integer in [1, 100000], got {self.iw_samples!r}")
+        if self.iw_images is not None and (isinstance(self.iw_images, bool) or not isinstance(self.iw_images, int) or self.iw_images < 1):
+            raise ValueError(f"eval.iw_images must be a positive integer, got {self.iw_images!r}")
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """Which baselines are compared with the best VAE at each latent size."""
+
+    models: tuple[str, ...] = ()  # subset of ("ae", "pca")
+    fd_samples: int = 5000  # generated images per model for test/sample_fd
+
+    def __post_init__(self) -> None:
+        for m in self.models:
+            if m not in BASELINES:
+                raise ValueError(f"baselines.models: {m!r} is not a baseline; choose from {', '.join(BASELINES)}")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"baselines.models lists a model twice: {list(self.models)}")
+        if isinstance(self.fd_samples, bool) or not isinstance(self.fd_samples, int) or not 100 <= self.fd_samples <= 100_000:
+            raise ValueError(f"baselines.fd_samples must be an integer in [100, 100000], got {self.fd_samples!r}")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A whole study: what is searched, on what data, how trials are judged and compared."""
+
+    name: str
+    metric: str = "val/elbo"  # reported each epoch and optimised
+    direction: Literal["maximize", "minimize"] = "maximize"
+    n_trials: int = 10  # trials in total, across every worker and every resume
+    timeout_s: float | None = None  # stop starting new trials after this many seconds
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    pruner: PrunerSpec = field(default_factory=PrunerSpec)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: tuple[SearchParam, ...] = ()
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    baselines: BaselineSpec = field(default_factory=BaselineSpec)
+    path: Path | None = None  # the file it was read from
+    text: str = ""  # the file's text, logged with the study
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or len(self.name) > 200:
+            raise ValueError(f"study.name must be a non-empty string, got {self.name!r}")
+        if self.metric not in METRIC_DIRECTIONS:
+            raise ValueError(f"study.metric must be one of {', '.join(METRIC_DIRECTIONS)}, got {self.metric!r}")
+        if self.direction != METRIC_DIRECTIONS[self.metric]:
+            raise ValueError(
+                f"study.direction: {self.metric} improves when it goes the other way; "
+                f"use direction = {METRIC_DIRECTIONS[self.metric]!r}"
+            )
+        if self.metric.startswith("val/") and self.data.val_size == 0:
+            raise ValueError(f"study.metric {self.metric} needs a validation split; set data.val_size > 0 or use a train/ metric")
+        if isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or not 1 <= self.n_trials <= 100_000:
+            raise ValueError(f"study.n_trials must be an integer in [1, 100000], got {self.n_trials!r}")
+        if self.timeout_s is not None and (
+            isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or self.timeout_s <= 0
+        ):
+            raise ValueError(f"study.timeout_s must be a positive number of seconds, got {self.timeout_s!r}")
+        if self.sampler.type == "grid":
+            for p in self.search:
+                try:
+                    p.grid_values()
+                except ValueError as exc:
+                    raise ValueError(str(exc)) from None
+
+    @property
+    def searched(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.search)
+
+    @property
+    def latent_sizes(self) -> tuple[int, ...]:
+        """Latent sizes the study can reach: the searched choices/range, or the fixed one."""
+        for p in self.search:
+            if p.name == "latent_dim":
+                return tuple(p.grid_values()) if p.type == "categorical" or p.step else (p.low, p.high)
+        return (self.model.latent_dim,)
+
+    def with_overrides(self, **overrides: Any) -> "StudySpec":
+        """Apply CLI overrides (n_trials, epochs, timeout_s, seed) that are not None."""
+        o = {k: v for k, v in overrides.items() if v is not None}
+        spec = self
+        if "n_trials" in o:
+            spec = _replace(spec, n_trials=o["n_trials"])
+        if "timeout_s" in o:
+            spec = _replace(spec, timeout_s=o["timeout_s"])
+        if "epochs" in o:
+            spec = _replace(spec, train=_replace(spec.train, epochs=o["epochs"], where="--epochs"))
+        if "seed" in o:
+            spec = _replace(
+                spec,
+                train=_replace(spec.train, seed=o["seed"], where="--seed"),
+                sampler=_replace(spec.sampler, seed=o["seed"], where="--seed"),
+            )
+        return spec
+
+
+def _replace(obj: Any, where: str | None = None, **changes: Any) -> Any:
+    try:
+        return dataclasses.replace(obj, **changes)
+    except ValueError as exc:
+        raise BenchError(f"{where or ', '.join('--' + k.replace('_', '-') for k in changes)}: {exc}") from None
+
+
+# ---------------------------------------------------------------- reading files
+
+SECTIONS = {"study", "data", "model", "train", "search", "eval", "baselines"}
+STUDY_KEYS = {"name", "metric", "direction", "n_trials", "timeout_s", "sampler", "pruner"}
+
+
+def available_studies() -> list[str]:
+    """Names of the studies shipped in studies/."""
+    return sorted(p.stem for p in STUDIES_DIR.glob("*.toml"))
+
+
+def resolve_study(name_or_path: str) -> Path:
+    """A shipped study's file by name, or a path to a TOML file."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or "/" in name_or_path or p.exists():
+        if not p.is_file():
+            raise BenchError(f"study file {name_or_path} does not exist")
+        return p
+    shipped = STUDIES_DIR / f"{name_or_path}.toml"
+    if not shipped.is_file():
+        raise BenchError(
+            f"unknown study {name_or_path!r}; available: {', '.join(available_studies())} (or pass a path to a .toml file)"
+        )
+    return shipped
+
+
+def load_spec(name_or_path: str) -> StudySpec:
+    """Read and validate a study file; raises BenchError naming the file on any problem."""
+    path = resolve_study(name_or_path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BenchError(f"{path}: TOML syntax error: {exc}") from None
+    try:
+        return parse_spec(raw, default_name=path.stem, path=path, text=text)
+    except (ValueError, TypeError) as exc:
+        raise BenchError(f"{path}: {exc}") from None
+
+
+def _table(raw: dict, key: str) -> dict:
+    v = raw.get(key, {})
+    if not isinstance(v, dict):
+        raise ValueError(f"[{key}] must be a table, got {type(v).__name__}")
+    return v
+
+
+def _build(cls: type, section: str, values: dict, exclude: set[str] = frozenset()) -> Any:
+    """cls(**values) after refusing unknown keys; lists become tuples."""
+    known = {f.name for f in fields(cls)} - exclude
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown key(s) in [{section}]: {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+    vals = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return cls(**vals)
+    except ValueError as exc:
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith("[") else f"[{section}] {msg}") from None
+
+
+def parse_spec(raw: dict, default_name: str, path: Path | None = None, text: str = "") -> StudySpec:
+    """Turn a parsed TOML document into a StudySpec; raises ValueError on any problem."""
+    unknown = sorted(set(raw) - SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown section(s) {', '.join(unknown)}; allowed: {', '.join(sorted(SECTIONS))}")
+    study = _table(raw, "study")
+    bad = sorted(set(study) - STUDY_KEYS)
+    if bad:
+        raise ValueError(f"unknown key(s) in [study]: {', '.join(bad)}; allowed: {', '.join(sorted(STUDY_KEYS))}")
+    sampler = _build(SamplerSpec, "study.sampler", _table(study, "sampler"))
+    pruner = _build(PrunerSpec, "study.pruner", _table(study, "pruner"))
+    data = _build(DataConfig, "data", _table(raw, "data"))
+    model = _build(ModelConfig, "model", _table(raw, "model"))
+    train = _build(TrainConfig, "train", _table(raw, "train"))
+    search = []
+    for name, p in _table(raw, "search").items():
+        if not isinstance(p, dict):
+            raise ValueError(f"[search.{name}] must be a table with a 'type'")
+        if "type" not in p:
+            raise ValueError(f"[search.{name}] needs a 'type': categorical, int or float")
+        search.append(_build(SearchParam, f"search.{name}", {**p, "name": name}))
+    evals = _build(EvalSpec, "eval", _table(raw, "eval"))
+    baselines = _build(BaselineSpec, "baselines", _table(raw, "baselines"))
+    top = {k: v for k, v in study.items() if k not in ("sampler", "pruner")}
+    return StudySpec(
+        **{"name": default_name, **top},
+        sampler=sampler,
+        pruner=pruner,
+        data=data,
+        model=model,
+        train=train,
+        search=tuple(search),
+        eval=evals,
+        baselines=baselines,
+        path=path,
+        text=text,
+    )

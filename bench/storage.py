@@ -1,0 +1,168 @@
+"""Optuna storages, samplers and pruners built from the study spec and the --storage flag.
+
+The default storage is a journal file in the working directory that local processes share
+safely; a database URL gives an RDB storage with heartbeats, so a killed worker's trial is retried.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+from bench.errors import BenchError
+from bench.spec import StudySpec
+
+DEFAULT_JOURNAL = "optuna.journal"
+HEARTBEAT_INTERVAL_S = 5  # a live worker refreshes its trial's heartbeat this often
+GRACE_PERIOD_S = 20  # a trial whose heartbeat is older than this is stale: its worker died
+MAX_RETRY = 2  # a stale trial is re-queued at most this many times
+RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
+
+
+@dataclass(frozen=True)
+class StorageTarget:
+    """A parsed --storage value: a journal file path or a database URL."""
+
+    kind: str  # "journal" | "rdb"
+    location: str  # file path or URL
+
+    @property
+    def display(self) -> str:
+        if self.kind == "journal":
+            return f"journal file {self.location}"
+        try:
+            from sqlalchemy.engine import make_url
+
+            return make_url(self.location).render_as_string(hide_password=True)
+        except Exception:
+            return self.location
+
+
+def parse_storage(value: str | None) -> StorageTarget:
+    """Validate --storage without touching anything: a DB URL, or a journal file path."""
+    if not value:
+        return StorageTarget("journal", DEFAULT_JOURNAL)
+    if "://" in value:
+        scheme = value.split("://", 1)[0].split("+", 1)[0].lower()
+        if scheme not in RDB_SCHEMES:
+            raise BenchError(
+                f"--storage {value!r}: unsupported scheme {scheme!r}; use a journal file path or a database URL "
+                "(sqlite:///file.db, postgresql://user@host/db)"
+            )
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value)
+        except (ArgumentError, ValueError) as exc:
+            raise BenchError(f"--storage: cannot parse the database URL {value!r} ({exc})") from None
+        return StorageTarget("rdb", value)
+    folder = Path(value).parent
+    if not folder.is_dir():
+        raise BenchError(f"--storage {value!r}: the folder {folder} does not exist")
+    return StorageTarget("journal", value)
+
+
+def check_reachable(target: StorageTarget, timeout_s: int = 5) -> None:
+    """Connect to a database storage once (writing nothing); BenchError when it cannot be reached."""
+    if target.kind != "rdb" or target.location.startswith("sqlite"):
+        if target.location.startswith("sqlite:///"):
+            folder = Path(target.location[len("sqlite:///") :]).parent
+            if not folder.is_dir():
+                raise BenchError(f"--storage {target.location}: the folder {folder} does not exist")
+        return
+    import sqlalchemy
+
+    args = {"connect_timeout": timeout_s} if target.location.startswith("postgres") else {}
+    try:
+        engine = sqlalchemy.create_engine(target.location, connect_args=args, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect():
+            pass
+    except ModuleNotFoundError as exc:
+        raise BenchError(f"--storage {target.display}: the database driver is not installed ({exc.name})") from None
+    except Exception as exc:
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BenchError(f"cannot reach the Optuna storage {target.display} ({first}); start the database or fix --storage") from None
+
+
+class StaleTrialHandler:
+    """Called by Optuna when a dead worker's trial goes stale: re-queue it and run `on_stale`.
+
+    `on_stale(trial)` is set once tracking is ready; it closes the trial's MLflow run.
+    """
+
+    def __init__(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=False)
+        self.on_stale: Callable[[optuna.trial.FrozenTrial], None] | None = None
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.on_stale is not None:
+            self.on_stale(trial)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry(study, trial)
+
+
+def open_storage(target: StorageTarget, stale_handler: StaleTrialHandler | None = None) -> optuna.storages.BaseStorage:
+    """The Optuna storage object (this creates the journal file or the tables)."""
+    if target.kind == "journal":
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(target.location))
+    try:
+        return optuna.storages.RDBStorage(
+            target.location,
+            engine_kwargs={"pool_pre_ping": True},
+            heartbeat_interval=HEARTBEAT_INTERVAL_S,
+            grace_period=GRACE_PERIOD_S,
+            heartbeat_stale_trial_callback=stale_handler,
+        )
+    except Exception as exc:
+        raise BenchError(f"cannot open the Optuna storage {target.display}: {str(exc).splitlines()[0]}") from None
+
+
+def make_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler; `seed_offset` keeps parallel workers from proposing the same trials."""
+    s = spec.sampler
+    seed = None if s.seed is None else s.seed + seed_offset
+    factories: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, spec.n_trials // 3))),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "grid": lambda: optuna.samplers.GridSampler({p.name: p.grid_values() for p in spec.search}, seed=seed),
+        "gp": lambda: optuna.samplers.GPSampler(seed=seed, n_startup_trials=max(2, min(10, spec.n_trials // 3))),
+    }
+    return factories[s.type]()
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    p = spec.pruner
+    factories: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.train.epochs),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }
+    return factories[p.type]()
+
+
+def worker_id() -> str:
+    """host:pid of this process, stored on each trial it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,182 @@
+"""One worker's share of a study: open or join the Optuna study and its MLflow parent run, run trials.
+
+Several workers (processes, machines) may run `run_worker` on the same storage at once;
+together they finish exactly n_trials trials, under one parent run created exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from bench.errors import BenchError
+from bench.objective import SurplusTrial, TrialRunner
+from bench.spec import StudySpec
+from bench.storage import StaleTrialHandler, make_pruner, make_sampler, pid_alive, worker_id
+from bench.tracking import Tracker, git_commit
+
+PARENT_ATTR = "mlflow_parent_run_id"
+UID_ATTR = "study_uid"
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+ACTIVE_STATES = (TrialState.RUNNING, TrialState.WAITING)
+PARENT_WAIT_S = 60  # how long a joining worker waits for the creator to make the parent run
+POLL_S = 2.0
+
+
+def open_study(spec: StudySpec, storage, seed_offset: int = 0) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it if it exists; also says whether this process created it.
+
+    Creation is atomic in the storage, so exactly one of many simultaneous workers gets True.
+    """
+    sampler, pruner = make_sampler(spec, seed_offset), make_pruner(spec)
+    try:
+        study = optuna.create_study(
+            storage=storage, study_name=spec.name, direction=spec.direction, sampler=sampler, pruner=pruner
+        )
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
+        if study.direction.name.lower() != spec.direction:
+            raise BenchError(
+                f"the stored study {spec.name!r} was created with direction {study.direction.name.lower()}, "
+                f"the study file says {spec.direction}; use another --storage or study name"
+            ) from None
+        return study, False
+
+
+def study_params(spec: StudySpec) -> dict[str, object]:
+    return {
+        "n_trials": spec.n_trials,
+        "metric": spec.metric,
+        "direction": spec.direction,
+        "sampler": spec.sampler.type,
+        "sampler_seed": spec.sampler.seed,
+        "pruner": spec.pruner.type,
+        "searched": ",".join(spec.searched) or "(none)",
+        "epochs": spec.train.epochs,
+        "dataset": spec.data.dataset,
+        "binarize": spec.data.binarize,
+        "baselines": ",".join(spec.baselines.models) or "(none)",
+    }
+
+
+def ensure_parent_run(study: optuna.Study, created: bool, spec: StudySpec, tracker: Tracker) -> str:
+    """The study's one MLflow parent run: made by the creating worker, found by the others."""
+    if created:
+        uid = uuid.uuid4().hex
+        study.set_user_attr(UID_ATTR, uid)
+        return _new_parent(study, spec, tracker, uid)
+    deadline = time.monotonic() + PARENT_WAIT_S
+    while True:
+        attrs = study.user_attrs
+        uid = attrs.get(UID_ATTR)
+        if tracker.run_exists(attrs.get(PARENT_ATTR)):
+            return attrs[PARENT_ATTR]
+        if uid and (found := tracker.find_parent_run(spec.name, uid)):
+            study.set_user_attr(PARENT_ATTR, found)
+            return found
+        if uid and attrs.get(PARENT_ATTR):
+            # the study was tracked elsewhere (another tracking URI): start its record here
+            return _new_parent(study, spec, tracker, uid)
+        if time.monotonic() > deadline:
+            uid = uid or uuid.uuid4().hex
+            study.set_user_attr(UID_ATTR, uid)
+            return _new_parent(study, spec, tracker, uid)
+        time.sleep(0.5)
+
+
+def _new_parent(study: optuna.Study, spec: StudySpec, tracker: Tracker, uid: str) -> str:
+    files = {f"study/{spec.path.name if spec.path else spec.name + '.toml'}": spec.text or ""}
+    rid = tracker.create_parent_run(
+        spec.name, study_params(spec), {"optuna_study_uid": uid, "git_commit": git_commit()}, files
+    )
+    study.set_user_attr(PARENT_ATTR, rid)
+    return rid
+
+
+def count(study: optuna.Study, states) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def recover_dead_local_trials(study: optuna.Study, tracker: Tracker) -> list[int]:
+    """Fail RUNNING trials whose worker was a process on this host that no longer exists.
+
+    This is the journal-file path's crash recovery (it has no heartbeats); database
+    storages also get Optuna's heartbeat-based retry. Their MLflow runs are closed as FAILED.
+    """
+    me_host = worker_id().rsplit(":", 1)[0]
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        w = t.user_attrs.get("worker", "")
+        host, _, pid = w.rpartition(":")
+        if host != me_host or not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"worker {w} died mid-trial")
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            continue
+        close_trial_run(tracker, t, f"worker {w} died mid-trial")
+        failed.append(t.number)
+    return failed
+
+
+def close_trial_run(tracker: Tracker, trial: optuna.trial.FrozenTrial, reason: str) -> None:
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        tracker.close_if_running(run_id, "FAILED", reason)
+
+
+@dataclass
+class WorkerResult:
+    finished: int  # COMPLETE + PRUNED trials in the study when this worker stopped
+    ran: int  # trials this worker ran
+    complete: bool  # the study has all its trials and none is running
+
+
+def run_worker(
+    spec: StudySpec,
+    study: optuna.Study,
+    runner: TrialRunner,
+    stale: StaleTrialHandler | None,
+    deadline: float | None,
+    progress: bool = True,
+    on_trial: Callable[[optuna.Study], None] | None = None,
+) -> WorkerResult:
+    """Run trials until the study has n_trials finished ones (or the deadline passes)."""
+    if stale is not None:
+        stale.on_stale = lambda t: close_trial_run(runner.tracker, t, "worker stopped sending heartbeats")
+    ran = 0
+    bar = tqdm(total=spec.n_trials, initial=count(study, FINISHED_STATES), desc=f"study {spec.name}", unit="trial", disable=not progress)
+    try:
+        while True:
+            finished = count(study, FINISHED_STATES)
+            bar.n = min(finished, spec.n_trials)
+            bar.refresh()
+            if finished >= spec.n_trials:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            waiting = count(study, (TrialState.WAITING,))
+            running = count(study, (TrialState.RUNNING,))
+            if finished + running >= spec.n_trials and not waiting:
+                # others hold the last trials; stay to pick up a retry if one of them dies
+                optuna.storages.fail_stale_trials(study)
+                if count(study, (TrialState.RUNNING,)) == 0 and count(study, (TrialState.WAITING,)) == 0:
+                    continue
+                time.sleep(POLL_S)
+                continue
+            study.optimize(runner, n_trials=1, catch=(SurplusTrial,), gc_after_trial=False)
+            ran += 1
+            if on_trial is not None:
+                on_trial(study)
+    finally:
+        bar.close()
+    finished = count(study, FINISHED_STATES)
+    return WorkerResult(finished, ran, finished >= spec.n_trials and count(study, ACTIVE_STATES) == 0)

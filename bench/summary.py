@@ -1,0 +1,80 @@
+"""What the study's parent run holds at the end: best trial, Optuna's plots, the trials table.
+
+`summarize(study, spec, tracker, parent_run_id)` is idempotent: any worker may call it again.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from bench.spec import StudySpec
+from bench.tracking import Tracker
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return study.best_trial if complete else None
+
+
+def _plots(study: optuna.Study, spec: StudySpec) -> dict[str, Callable[[], object]]:
+    """Optuna's matplotlib plots that make sense for this study (name -> factory)."""
+    from optuna.visualization import matplotlib as ovm
+
+    n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    plots: dict[str, Callable[[], object]] = {"optimization_history": lambda: ovm.plot_optimization_history(study)}
+    if spec.search:
+        plots["slice"] = lambda: ovm.plot_slice(study)
+        plots["intermediate_values"] = lambda: ovm.plot_intermediate_values(study)
+    if len(spec.search) >= 2 and n_complete >= 2:
+        plots["param_importances"] = lambda: ovm.plot_param_importances(study)
+        plots["contour"] = lambda: ovm.plot_contour(study)
+    return plots
+
+
+def summarize(study: optuna.Study, spec: StudySpec, tracker: Tracker, parent_run_id: str) -> None:
+    """Log the best trial's parameters and metrics, Optuna's plots and the trials table to the parent run."""
+    import matplotlib.pyplot as plt
+
+    best = best_trial(study)
+    if best is not None:
+        tracker.set_tags(
+            parent_run_id,
+            {"best_trial": best.number, "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
+             **{f"best.{k}": v for k, v in best.params.items()}},
+        )
+        metrics = {f"best/{spec.metric}": best.value, **{f"best/{k}": v for k, v in best.user_attrs.get("test_metrics", {}).items()}}
+        tracker.log_metrics(parent_run_id, metrics)
+    states = {s.name.lower(): 0 for s in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name.lower()] += 1
+    tracker.log_metrics(parent_run_id, {f"trials/{k}": v for k, v in states.items() if k in ("complete", "pruned", "fail")})
+
+    with tempfile.TemporaryDirectory(prefix="vaebench-") as tmp:
+        csv = Path(tmp) / "trials.csv"
+        study.trials_dataframe().to_csv(csv, index=False)
+        tracker.log_file(parent_run_id, csv, "optuna")
+    if best is None:
+        return
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # plots warn about params that never varied
+    try:
+        for name, make in _plots(study, spec).items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    ax = make()
+                except (ValueError, RuntimeError, ZeroDivisionError):
+                    continue  # e.g. importances of a parameter that never varied
+                fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+                fig.set_size_inches(max(fig.get_size_inches()[0], 8), max(fig.get_size_inches()[1], 5))
+                fig.tight_layout()
+            tracker.log_figure(parent_run_id, fig, f"optuna/{name}.png")
+            plt.close("all")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
