@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 from bench.errors import BenchError, cli_main
@@ -132,12 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     from bench.finalize import finalize
     from bench.objective import TrialRunner
     from bench.storage import StaleTrialHandler, open_storage
-    from bench.study import FINISHED_STATES, count, ensure_parent_run, open_study, recover_dead_local_trials, run_worker
+    from bench.study import FINISHED_STATES, claim_finalizer, count, release_finalizer, ensure_parent_run, open_study, recover_dead_local_trials, run_worker
     from bench.summary import best_trial
     from bench.tracking import Tracker, ui_command
     from vae.data import load_data
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     torch.set_num_threads(v.threads)
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -179,8 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_finalize:
         return 0
     complete = count(study, FINISHED_STATES) >= spec.n_trials
-    finalize(study, spec, tracker, parent, data, v.device, run_baselines=complete and not args.no_baselines,
-             report_dir=args.report_dir, progress=progress)
+    claim = claim_finalizer(study)
+    if claim:
+        finalize(study, spec, tracker, parent, data, v.device, run_baselines=complete and not args.no_baselines,
+                 report_dir=args.report_dir, progress=progress)
+        release_finalizer(study, claim)
     if count(study, (optuna.trial.TrialState.RUNNING,)) == 0:
         tracker.set_status(parent, "FINISHED")
 

@@ -180,3 +180,25 @@ def run_worker(
         bar.close()
     finished = count(study, FINISHED_STATES)
     return WorkerResult(finished, ran, finished >= spec.n_trials and count(study, ACTIVE_STATES) == 0)
+
+
+def claim_finalizer(study: optuna.Study, settle_s: float = 1.0, stale_s: float = 1800.0) -> str | None:
+    """The claim key if this worker should write the end-of-study results, else None.
+
+    Workers that finish together each write their id, wait, and read back: the last
+    writer wins. One arriving later finds the claim taken (unless its holder has not
+    marked it done within `stale_s`). A new claim is due when the study has grown.
+    """
+    key = f"finalized_at_{count(study, FINISHED_STATES)}"
+    held = study.user_attrs.get(key, "")
+    if held.startswith("done") or (held and time.time() - float(held.rsplit("@", 1)[-1]) < stale_s):
+        return None
+    me = f"{worker_id()}:{uuid.uuid4().hex[:8]}@{time.time():.0f}"
+    study.set_user_attr(key, me)
+    time.sleep(settle_s)
+    return key if study.user_attrs.get(key) == me else None
+
+
+def release_finalizer(study: optuna.Study, key: str) -> None:
+    """Mark the end-of-study results written."""
+    study.set_user_attr(key, f"done by {worker_id()}")

@@ -112,6 +112,7 @@ class Tracker:
         # log_model's pickle warning is understood: see ChildRun.log_model for why pickle
         logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we print one summary
         self.uri = uri
         mlflow.set_tracking_uri(uri)
         self.client = mlflow.MlflowClient(uri)
