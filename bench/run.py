@@ -121,21 +121,32 @@ def strip_flags(argv: list[str], flags: dict[str, bool]) -> list[str]:
     return out
 
 
-@cli_main
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    v = validate(args)
+@dataclass
+class Outcome:
+    """What one worker's run of a study left behind."""
 
+    rc: int  # 0 done, 130 interrupted
+    spec: object
+    study: object
+    tracker: object
+    parent_run_id: str
+    ran: int  # trials this process ran
+    seconds: float
+
+
+def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags: dict[str, str] | None = None) -> Outcome:
+    """Run this worker's share of the validated study, then (if it is the finalizer) its ending."""
     import optuna
     import torch
 
     from bench.finalize import finalize
     from bench.objective import TrialRunner
     from bench.storage import StaleTrialHandler, open_storage
-    from bench.study import FINISHED_STATES, claim_finalizer, count, release_finalizer, ensure_parent_run, open_study, recover_dead_local_trials, run_worker
-    from bench.summary import best_trial
-    from bench.tracking import Tracker, ui_command
+    from bench.study import (
+        FINISHED_STATES, claim_finalizer, count, ensure_parent_run, open_study, recover_dead_local_trials,
+        release_finalizer, run_worker,
+    )
+    from bench.tracking import Tracker
     from vae.data import load_data
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -149,12 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     data = load_data(spec.data, v.data_root)
     stale = StaleTrialHandler()
     storage = open_storage(v.storage, stale)
-    seed_offset = args.worker_index
-    study, created = open_study(spec, storage, seed_offset)
+    study, created = open_study(spec, storage, seed_offset=args.worker_index)
     tracker = Tracker(v.tracking_uri, spec.name)
     parent = ensure_parent_run(study, created, spec, tracker)
+    if parent_tags:
+        tracker.set_tags(parent, parent_tags)
     recovered = recover_dead_local_trials(study, tracker)
-    if recovered and progress:
+    if recovered:
         print(f"marked trials {recovered} as failed: their worker process is gone", file=sys.stderr)
     tracker.set_status(parent, "RUNNING")
     children = []
@@ -164,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = TrialRunner(spec, data, v.device, tracker, parent, epoch_progress=args.epoch_progress)
     deadline = None if spec.timeout_s is None else time.monotonic() + spec.timeout_s
     t0 = time.monotonic()
+    running = (optuna.trial.TrialState.RUNNING,)
     try:
         result = run_worker(spec, study, runner, stale, deadline, progress=progress)
         for c in children:
@@ -173,34 +186,52 @@ def main(argv: list[str] | None = None) -> int:
             c.send_signal(signal.SIGTERM)
         for c in children:
             c.wait()
-        if count(study, (optuna.trial.TrialState.RUNNING,)) == 0:
+        if count(study, running) == 0:
             tracker.set_status(parent, "KILLED")
-        print(f"\ninterrupted; {count(study, FINISHED_STATES)} finished trials are kept. Re-run the same command to resume.", file=sys.stderr)
-        return 130
+        print(f"\ninterrupted; {count(study, FINISHED_STATES)} finished trials are kept. "
+              "Re-run the same command to resume.", file=sys.stderr)
+        return Outcome(130, spec, study, tracker, parent, 0, time.monotonic() - t0)
 
-    if args.no_finalize:
-        return 0
-    complete = count(study, FINISHED_STATES) >= spec.n_trials
-    claim = claim_finalizer(study)
-    if claim:
-        finalize(study, spec, tracker, parent, data, v.device, run_baselines=complete and not args.no_baselines,
-                 report_dir=args.report_dir, progress=progress)
-        release_finalizer(study, claim)
-    if count(study, (optuna.trial.TrialState.RUNNING,)) == 0:
-        tracker.set_status(parent, "FINISHED")
+    if not args.no_finalize:
+        complete = count(study, FINISHED_STATES) >= spec.n_trials
+        claim = claim_finalizer(study)
+        if claim:
+            finalize(study, spec, tracker, parent, data, v.device, run_baselines=complete and not args.no_baselines,
+                     report_dir=args.report_dir, progress=progress)
+            release_finalizer(study, claim)
+        if count(study, running) == 0:
+            tracker.set_status(parent, "FINISHED")
+    return Outcome(0, spec, study, tracker, parent, result.ran, time.monotonic() - t0)
 
+
+def print_summary(out: Outcome, uri: str) -> None:
+    from bench.study import FINISHED_STATES, count
+    from bench.summary import best_trial
+    from bench.tracking import ui_command
+
+    spec, study = out.spec, out.study
     best = best_trial(study)
     print(f"\nstudy {spec.name}: {count(study, FINISHED_STATES)}/{spec.n_trials} trials finished "
-          f"({result.ran} run by this process in {time.monotonic() - t0:.0f} s)")
+          f"({out.ran} run by this process in {out.seconds:.0f} s)")
     if best is not None:
         print(f"best trial {best.number}: {spec.metric} = {best.value:.2f}")
         print("  params: " + ", ".join(f"{k}={_fmt(val)}" for k, val in best.params.items()))
         tm = best.user_attrs.get("test_metrics", {})
         if tm:
             print("  test:   " + ", ".join(f"{k}={_fmt(val)}" for k, val in tm.items()))
-    print(f"MLflow: experiment {spec.name!r}, parent run {parent} at {v.tracking_uri}")
-    print(f"open the UI: {ui_command(v.tracking_uri)}")
-    return 0
+    print(f"MLflow: experiment {spec.name!r}, parent run {out.parent_run_id} at {uri}")
+    print(f"open the UI: {ui_command(uri)}")
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    v = validate(args)
+    out = execute(args, argv, v)
+    if out.rc == 0 and not args.no_finalize:
+        print_summary(out, v.tracking_uri)
+    return out.rc
 
 
 def _fmt(x) -> str:
