@@ -325,3 +325,22 @@ def search_runs(uri: str, experiment: str, filter_string: str = ""):
 
 def tempdir() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="vaebench-")
+
+
+class NullTracker:
+    """A Tracker that records nothing: the baseline of the tracking-overhead benchmark."""
+
+    uri = "none"
+    experiment_id = "0"
+
+    @contextmanager
+    def child_run(self, parent_id: str, name: str, params: dict[str, Any], tags: dict[str, Any]) -> Iterator["NullRun"]:
+        yield NullRun()
+
+
+class NullRun:
+    run_id = "none"
+    outcome: tuple[str, str] | None = None
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None

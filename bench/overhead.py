@@ -1,0 +1,85 @@
+"""`python -m bench.overhead`: trial wall time with MLflow tracking vs without (a benchmark).
+
+Runs the same fixed trial alternately with a real Tracker (SQLite store in a temp folder)
+and with NullTracker, and reports the median overhead in percent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import tempfile
+import time
+
+from bench.errors import cli_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--study", default="latent", help="study whose data, training and eval settings are used")
+    p.add_argument("--latent-dim", type=int, default=16, help="latent size of the fixed trial")
+    p.add_argument("--hidden-width", type=int, default=256, help="hidden width of the fixed trial")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the study's)")
+    p.add_argument("--repeats", type=int, default=3, help="trials with and without tracking each")
+    p.add_argument("--data-dir", default=None, help="data folder (default: $VAE_DATA_DIR, else ./data)")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
+    return p
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import optuna
+    import torch
+
+    from bench.objective import TrialRunner
+    from bench.spec import load_spec
+    from bench.tracking import NullTracker, Tracker
+    from vae.data import load_data
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = load_spec(args.study).with_overrides(epochs=args.epochs)
+    spec = dataclasses.replace(
+        spec, search=(), n_trials=10_000,
+        model=dataclasses.replace(spec.model, latent_dim=args.latent_dim, hidden_width=args.hidden_width),
+    )
+    data = load_data(spec.data, args.data_dir)
+    device = torch.device("cpu")
+    times: dict[str, list[float]] = {"tracked": [], "untracked": []}
+    with tempfile.TemporaryDirectory(prefix="vaebench-overhead-") as tmp:
+        tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", "overhead")
+        parent = tracker.create_parent_run("overhead", {}, {}, {})
+        runners = {"tracked": TrialRunner(spec, data, device, tracker, parent),
+                   "untracked": TrialRunner(spec, data, device, NullTracker(), "none")}
+        study = optuna.create_study(direction="maximize")
+        study.optimize(runners["untracked"], n_trials=1)  # warm-up: imports, allocator, first-run costs
+        study.optimize(runners["tracked"], n_trials=1)
+        for _ in range(args.repeats):
+            for mode in ("untracked", "tracked"):
+                t0 = time.perf_counter()
+                study.optimize(runners[mode], n_trials=1)
+                times[mode].append(time.perf_counter() - t0)
+    tracked, untracked = statistics.median(times["tracked"]), statistics.median(times["untracked"])
+    result = {
+        "trial_s_tracked": tracked,
+        "trial_s_untracked": untracked,
+        "overhead_s": tracked - untracked,
+        "overhead_pct": 100 * (tracked - untracked) / untracked,
+        "all_s": times,
+        "config": {"latent_dim": args.latent_dim, "hidden_width": args.hidden_width, "epochs": spec.train.epochs,
+                   "train_images": len(data.train), "threads": torch.get_num_threads()},
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"trial wall time, median of {args.repeats}: tracked {tracked:.2f} s, untracked {untracked:.2f} s")
+        print(f"tracking overhead: {tracked - untracked:.2f} s per trial = {result['overhead_pct']:.1f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
