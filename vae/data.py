@@ -116,9 +116,10 @@ def resolve_root(root: str | os.PathLike | None) -> tuple[Path, bool]:
 
 
 def _raw_files_present(root: Path, dataset: str) -> bool:
+    # the uncompressed files: torchvision with download=False reads only these, never the .gz
     raw = root / DATASET_FOLDERS[dataset] / "raw"
     names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    return all((raw / n).exists() or (raw / f"{n}.gz").exists() for n in names)
+    return all((raw / n).exists() for n in names)
 
 
 def check_data(dataset: str, root: str | os.PathLike | None = None, download: bool | None = None) -> Path:
