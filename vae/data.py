@@ -50,10 +50,10 @@ class DataConfig:
             raise ValueError(f"dataset must be one of {sorted(DATASET_FOLDERS)}, got {self.dataset!r}")
         if self.binarize not in ("none", "dynamic"):
             raise ValueError(f"binarize must be 'none' or 'dynamic', got {self.binarize!r}")
-        for name in ("val_size", "split_seed"):
+        for name, high in (("val_size", 59_999), ("split_seed", 2**32 - 1)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 59_999:
-                raise ValueError(f"{name} must be an integer in [0, 59999], got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= high:
+                raise ValueError(f"{name} must be an integer in [0, {high}], got {v!r}")
         for name in ("limit", "test_limit"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
