@@ -51,10 +51,10 @@ class DataConfig:
             raise ValueError(f"dataset must be one of {sorted(DATASET_FOLDERS)}, got {self.dataset!r}")
         if self.binarize not in ("none", "dynamic"):
             raise ValueError(f"binarize must be 'none' or 'dynamic', got {self.binarize!r}")
-        for name in ("val_size", "split_seed"):
+        for name, high in (("val_size", 59_999), ("split_seed", 2**32 - 1)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 59_999:
-                raise ValueError(f"{name} must be an integer in [0, 59999], got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= high:
+                raise ValueError(f"{name} must be an integer in [0, {high}], got {v!r}")
         for name in ("limit", "test_limit"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -117,9 +117,10 @@ def resolve_root(root: str | os.PathLike | None) -> tuple[Path, bool]:
 
 
 def _raw_files_present(root: Path, dataset: str) -> bool:
+    # the uncompressed files: torchvision with download=False reads only these, never the .gz
     raw = root / DATASET_FOLDERS[dataset] / "raw"
     names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    return all((raw / n).exists() or (raw / f"{n}.gz").exists() for n in names)
+    return all((raw / n).exists() for n in names)
 
 
 def check_data(dataset: str, root: str | os.PathLike | None = None, download: bool | None = None) -> Path:

@@ -15,18 +15,27 @@ import torch.nn.functional as F
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+def _at_least_fp32(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors in their common dtype, raised to at least fp32: bf16 (autocast) -> fp32, fp64 stays."""
+    dtype = torch.float32
+    for t in ts:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t.to(dtype) for t in ts)
+
+
 def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """-log p(x | logits) per image, in nats: (..., D) -> (...).
 
     Stable for any logit (uses log-sum-exp inside BCE-with-logits); x may be
     binary or grayscale in [0, 1] (then it is the cross-entropy, not an NLL).
     """
-    return F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none").sum(-1)
+    logits, x = _at_least_fp32(logits, x)
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) per image, in nats: (..., L) -> (...)."""
-    mu, logvar = mu.float(), logvar.float()
+    mu, logvar = _at_least_fp32(mu, logvar)
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
 
 

@@ -34,7 +34,7 @@ class TrainConfig:
     epochs: int = 10  # passes over the training split
     batch_size: int = 128  # images per Adam step
     lr: float = 1e-3  # Adam learning rate
-    seed: int = 0  # seeds weights, shuffling, binarization and reparameterization noise
+    seed: int = 0  # seeds shuffling, binarization and z noise; weights: seed_everything(seed) before build_model
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls, fp32 weights and loss
 
     def __post_init__(self) -> None:
