@@ -21,7 +21,7 @@ from bench.tracking import ROLE_TAG, Tracker, git_commit
 from vae.data import Datasets
 from vae.evaluate import encode, final_metrics, manifold_grid, reconstruction_grid, sample_grid
 from vae.model import ModelConfig, build_model
-from vae.train import NonFiniteLossError, TrainConfig, fit, save_checkpoint
+from vae.train import NonFiniteLossError, TrainConfig, fit, save_checkpoint, seed_everything
 
 SUGGEST: dict[str, Callable[[optuna.Trial, SearchParam], Any]] = {
     "categorical": lambda t, p: t.suggest_categorical(p.name, list(p.choices)),
@@ -100,6 +100,7 @@ class TrialRunner:
             self.parent_run_id, f"trial-{trial.number:03d}", run_params(model_cfg, train_cfg, spec), tags
         ) as run:
             trial.set_user_attr("mlflow_run_id", run.run_id)
+            seed_everything(train_cfg.seed)  # the initial weights come from the seed too
             model = build_model("vae", model_cfg)
 
             def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
