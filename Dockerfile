@@ -17,7 +17,7 @@ FROM base AS mlflow
 # The flags in docker-compose.yml (--allowed-hosts, --serve-artifacts, ...) were checked
 # against this release; change both together.
 ARG MLFLOW_VERSION=3.17.2
-RUN pip install "mlflow==${MLFLOW_VERSION}" "psycopg2-binary>=2.9"
+RUN pip install "mlflow==${MLFLOW_VERSION}" "psycopg[binary]>=3.1"
 # A new named volume takes the owner of the directory it is mounted over, so the
 # unprivileged server can write served artifacts there.
 RUN mkdir /mlartifacts && chown vaebench:vaebench /mlartifacts
@@ -29,7 +29,7 @@ CMD ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000"]
 # --- optuna-dashboard on the Optuna database (compose profile `dashboard`).
 FROM base AS dashboard
 ARG OPTUNA_DASHBOARD_VERSION=0.21.0
-RUN pip install "optuna-dashboard==${OPTUNA_DASHBOARD_VERSION}" "optuna>=4.5" "psycopg2-binary>=2.9"
+RUN pip install "optuna-dashboard==${OPTUNA_DASHBOARD_VERSION}" "optuna>=4.5" "psycopg[binary]>=3.1"
 USER vaebench
 WORKDIR /home/vaebench
 EXPOSE 8080

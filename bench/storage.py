@@ -7,7 +7,9 @@ safely; a database URL gives an RDB storage with heartbeats, so a killed worker'
 from __future__ import annotations
 
 import os
+import random
 import socket
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,16 +120,20 @@ def open_storage(target: StorageTarget, stale_handler: StaleTrialHandler | None 
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(target.location))
-    try:
-        return optuna.storages.RDBStorage(
-            target.location,
-            engine_kwargs={"pool_pre_ping": True},
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=GRACE_PERIOD_S,
-            heartbeat_stale_trial_callback=stale_handler,
-        )
-    except Exception as exc:
-        raise BenchError(f"cannot open the Optuna storage {target.display}: {str(exc).splitlines()[0]}") from None
+    last: Exception | None = None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                target.location,
+                engine_kwargs={"pool_pre_ping": True},
+                heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                grace_period=GRACE_PERIOD_S,
+                heartbeat_stale_trial_callback=stale_handler,
+            )
+        except Exception as exc:  # workers creating the tables at once collide (UniqueViolation): retry
+            last = exc
+            time.sleep(0.5 * (attempt + 1) + random.random())
+    raise BenchError(f"cannot open the Optuna storage {target.display}: {str(last).splitlines()[0]}")
 
 
 def make_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:

@@ -297,7 +297,7 @@ def test_mlflow_serves_artifacts_from_postgres_and_allows_its_service_name(resol
     assert set(flags) <= known, set(flags) - known
     store = urlparse(_option(command, "--backend-store-uri"))
     assert (store.scheme, store.hostname, store.port, store.path) == (
-        "postgresql+psycopg2", "postgres", 5432, "/mlflow",
+        "postgresql+psycopg", "postgres", 5432, "/mlflow",
     )
     assert "--serve-artifacts" in command
     destination = _option(command, "--artifacts-destination")
@@ -322,7 +322,7 @@ def test_worker_can_be_scaled_and_runs_the_study(compose, resolved):
     assert command[:3] == ["python", "-m", "bench.run"]
     assert _option(command, "--study") == "latent"
     storage = urlparse(_option(command, "--storage"))
-    assert (storage.scheme, storage.hostname, storage.path) == ("postgresql+psycopg2", "postgres", "/optuna")
+    assert (storage.scheme, storage.hostname, storage.path) == ("postgresql+psycopg", "postgres", "/optuna")
     assert _option(command, "--tracking-uri") == "http://mlflow:5000"
     assert "--no-progress" in command
     assert raw["volumes"] == ["${VAE_DATA_DIR:-./data}:/data:ro"]
@@ -368,7 +368,7 @@ def test_dockerfile_builds_each_target_the_compose_file_names(compose):
 
     pinned = re.search(r"^ARG MLFLOW_VERSION=(\d+)\.\d+\.\d+$", text, re.M)
     assert pinned and pinned[1] == importlib.metadata.version("mlflow").split(".")[0] == "3"
-    assert any("psycopg2" in line for line in stages["mlflow"])
+    assert any("psycopg" in line for line in stages["mlflow"])
 
 
 # --- against the real PostgreSQL on 127.0.0.1:5432 -----------------------------------
@@ -429,7 +429,7 @@ def test_init_script_creates_both_databases_and_can_run_again(scratch_databases)
 def test_optuna_schema_job_creates_the_tables_the_workers_share(resolved, scratch_databases):
     _run_init_script(scratch_databases)
     job = resolved["services"]["optuna-schema"]
-    storage = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{scratch_databases['optuna']}"
+    storage = f"postgresql+psycopg://postgres@127.0.0.1:5432/{scratch_databases['optuna']}"
     env = dict(os.environ, OPTUNA_STORAGE=storage)
     assert job["command"][0] == "python"
     subprocess.run([sys.executable, *job["command"][1:]], env=env, check=True, timeout=120)
@@ -481,7 +481,7 @@ def test_mlflow_command_serves_health_host_checks_and_artifacts(resolved, scratc
     # Swap in what only exists inside the stack: the database host, the volume and the
     # listening address; one server process keeps the start short on a small machine.
     local = {
-        "--backend-store-uri": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{scratch_databases['mlflow']}",
+        "--backend-store-uri": f"postgresql+psycopg://postgres@127.0.0.1:5432/{scratch_databases['mlflow']}",
         "--artifacts-destination": str(tmp_path / "mlartifacts"),
         "--host": "127.0.0.1",
         "--port": str(port),
