@@ -26,3 +26,17 @@ def finalize(
     progress: bool,
 ) -> None:
     summarize(study, spec, tracker, parent_run_id)
+    if not (run_baselines and spec.baselines.models):
+        return
+    from bench.compare import report_dir as default_dir, run_comparison
+    from bench.report import make_report
+
+    run_comparison(study, spec, tracker, parent_run_id, data, device, progress)
+    out = default_dir(spec, report_dir)
+    report = make_report(tracker, spec.name, parent_run_id, out)
+    if progress:
+        import pandas as pd
+
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            print("\n" + report.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(f"report: {out}/comparison.md")

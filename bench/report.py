@@ -120,6 +120,8 @@ def _image_comparisons(report: Report, out: Path, tracker) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.image import imread
 
+    from bench.plots import image_row_figure
+
     files = []
     with tempfile.TemporaryDirectory(prefix="vaebench-") as tmp:
         for latent, g in report.runs.groupby("latent_dim"):
@@ -130,7 +132,8 @@ def _image_comparisons(report: Report, out: Path, tracker) -> list[Path]:
                         p = tracker.download(r.run_id, f"images/{kind}.png", Path(tmp) / r.run_id)
                     except Exception:
                         continue
-                    images[r.model] = (imread(p) * 255).astype("uint8") if imread(p).dtype != "uint8" else imread(p)
+                    img = imread(p)
+                    images[r.model] = img if img.dtype == "uint8" else (img * 255).round().astype("uint8")
                 if images:
                     fig = image_row_figure(images, f"{kind}, latent size {latent}")
                     path = out / f"{kind}_latent{latent}.png"

@@ -191,7 +191,7 @@ def claim_finalizer(study: optuna.Study, settle_s: float = 1.0, stale_s: float =
     """
     key = f"finalized_at_{count(study, FINISHED_STATES)}"
     held = study.user_attrs.get(key, "")
-    if held.startswith("done") or (held and time.time() - float(held.rsplit("@", 1)[-1]) < stale_s):
+    if held.startswith("done") or (held and not _claim_is_stale(held, stale_s)):
         return None
     me = f"{worker_id()}:{uuid.uuid4().hex[:8]}@{time.time():.0f}"
     study.set_user_attr(key, me)
@@ -202,3 +202,15 @@ def claim_finalizer(study: optuna.Study, settle_s: float = 1.0, stale_s: float =
 def release_finalizer(study: optuna.Study, key: str) -> None:
     """Mark the end-of-study results written."""
     study.set_user_attr(key, f"done by {worker_id()}")
+
+
+def _claim_is_stale(held: str, stale_s: float) -> bool:
+    """A claim is stale when its worker, on this host, is gone, or it is older than stale_s."""
+    who, _, stamp = held.rpartition("@")
+    host, pid = (who.rsplit(":", 2) + ["", ""])[:2] if who.count(":") >= 2 else ("", "")
+    if host == worker_id().rsplit(":", 1)[0] and pid.isdigit() and not pid_alive(int(pid)):
+        return True
+    try:
+        return time.time() - float(stamp) > stale_s
+    except ValueError:
+        return True
