@@ -16,11 +16,11 @@ from bench.errors import BenchError
 
 DEFAULT_THRESHOLDS = Path(__file__).resolve().parent.parent / "studies" / "ci_thresholds.toml"
 OPS = {">=": lambda v, b: v >= b, "<=": lambda v, b: v <= b}
-# which way each gated metric is allowed to move: ">=" higher is better
+# which way each gated metric is allowed to move: ">=" higher is better. KL is not gated:
+# a higher KL with a better ELBO is no regression.
 GATED = {
     ("vae", "test/elbo"): ">=",
     ("vae", "test/recon_bce"): "<=",
-    ("vae", "test/kl"): "<=",
     ("vae", "test/nll_iw"): "<=",
     ("vae", "test/probe_acc"): ">=",
     ("ae", "test/recon_bce"): "<=",
