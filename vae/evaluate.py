@@ -6,7 +6,10 @@ runs under no_grad in chunks so the full 10,000-image test set fits in memory.
 
 from __future__ import annotations
 
+import functools
 import math
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -22,15 +25,36 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode for the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def in_eval_mode(fn: Callable) -> Callable:
+    """Decorator: run fn(model, ...) with the model in eval mode."""
+
+    @functools.wraps(fn)
+    def wrapped(model: nn.Module, *args, **kwargs):
+        with eval_mode(model):
+            return fn(model, *args, **kwargs)
+
+    return wrapped
+
+
 @torch.no_grad()
+@in_eval_mode
 def elbo_metrics(model: nn.Module, x: torch.Tensor, batch_size: int = 2000, seed: int = 0) -> dict[str, float]:
     """Single-sample ELBO, reconstruction BCE and KL (beta = 1), averaged over x, nats per image.
 
     For a model without a KL (the autoencoder) only `recon_bce` is returned.
     z is drawn from a generator seeded with `seed`, so the numbers repeat.
     """
-    was_training = model.training
-    model.eval()
     dev = _device(model)
     g = torch.Generator(device=dev).manual_seed(seed)
     recon = kl = 0.0
@@ -44,13 +68,13 @@ def elbo_metrics(model: nn.Module, x: torch.Tensor, batch_size: int = 2000, seed
             kl += gaussian_kl(mu, logvar).sum().item()
         else:
             recon += bernoulli_nll(model(xb), xb).sum().item()
-    model.train(was_training)
     if not hasattr(model, "reparameterize"):
         return {"recon_bce": recon / n}
     return {"elbo": -(recon + kl) / n, "recon_bce": recon / n, "kl": kl / n}
 
 
 @torch.no_grad()
+@in_eval_mode
 def iwae_nll(
     model: nn.Module,
     x: torch.Tensor,
@@ -70,8 +94,6 @@ def iwae_nll(
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    was_training = model.training
-    model.eval()
     dev = _device(model)
     g = torch.Generator(device=dev).manual_seed(seed)
     total = 0.0
@@ -87,19 +109,20 @@ def iwae_nll(
             log_px = -bernoulli_nll(model.decode(z), xb.expand(m, *xb.shape))  # (m, B)
             log_ws.append(log_px + standard_normal_log_prob(z) - gaussian_log_prob(z, mu, logvar))
         total += -iwae_bound(torch.cat(log_ws), dim=0).sum().item()
-    model.train(was_training)
     return total / x.shape[0]
 
 
 @torch.no_grad()
+def map_batches(model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
+    """fn over x in batches on the model's device, in eval mode; the result as float32 on the CPU."""
+    dev = _device(model)
+    with eval_mode(model):
+        return torch.cat([fn(xb.to(dev)).float().cpu() for xb in x.split(batch_size)])
+
+
 def encode(model: nn.Module, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
     """Deterministic codes (posterior means for a VAE), (N, latent_dim), on the CPU."""
-    was_training = model.training
-    model.eval()
-    dev = _device(model)
-    out = torch.cat([model.codes(xb.to(dev)).float().cpu() for xb in x.split(batch_size)])
-    model.train(was_training)
-    return out
+    return map_batches(model, model.codes, x, batch_size)
 
 
 def active_units(model: nn.Module, x: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
@@ -108,15 +131,9 @@ def active_units(model: nn.Module, x: torch.Tensor, threshold: float = ACTIVE_UN
     return int((mu.var(dim=0, unbiased=True) > threshold).sum().item())
 
 
-@torch.no_grad()
 def reconstruct(model: nn.Module, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
     """Bernoulli means of the reconstruction of x, (N, 784), on the CPU."""
-    was_training = model.training
-    model.eval()
-    dev = _device(model)
-    out = torch.cat([model.reconstruct(xb.to(dev)).float().cpu() for xb in x.split(batch_size)])
-    model.train(was_training)
-    return out
+    return map_batches(model, model.reconstruct, x, batch_size)
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> torch.Tensor:
