@@ -256,7 +256,7 @@ def available_studies() -> list[str]:
 def resolve_study(name_or_path: str) -> Path:
     """A shipped study's file by name, or a path to a TOML file."""
     p = Path(name_or_path)
-    if p.suffix == ".toml" or "/" in name_or_path or p.exists():
+    if p.suffix == ".toml" or "/" in name_or_path or p.is_file():
         if not p.is_file():
             raise BenchError(f"study file {name_or_path} does not exist")
         return p
