@@ -223,7 +223,7 @@ class StudySpec:
         if "n_trials" in o:
             spec = _replace(spec, n_trials=o["n_trials"])
         if "timeout_s" in o:
-            spec = _replace(spec, timeout_s=o["timeout_s"])
+            spec = _replace(spec, timeout_s=o["timeout_s"], where="--timeout")
         if "epochs" in o:
             spec = _replace(spec, train=_replace(spec.train, epochs=o["epochs"], where="--epochs"))
         if "seed" in o:
