@@ -214,7 +214,10 @@ def tracker(tmp_path_factory):
     import mlflow
 
     before = os.environ.get("MLFLOW_TRACKING_URI")
-    uri = f"sqlite:///{tmp_path_factory.mktemp('tracker') / 'mlflow.db'}"
+    tmp = tmp_path_factory.mktemp("tracker")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    # made here with its artifacts in tmp: MLflow would put them in ./mlruns, the checkout
+    mlflow.MlflowClient(uri).create_experiment("unit", artifact_location=(tmp / "mlruns").as_uri())
     yield Tracker(uri, "unit")
     mlflow.set_tracking_uri(before)  # Tracker sets the process-wide URI; do not leak it
 
