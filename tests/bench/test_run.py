@@ -8,14 +8,13 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
 from bench.run import build_parser
 from bench.spec import STUDIES_DIR, available_studies
-from tests.bench.conftest import TEST_STUDIES, StudyRun, png_size, require_mnist, run_cli
+from tests.bench.conftest import REPO, TEST_STUDIES, StudyRun, png_size, require_mnist, run_cli
 
 FINISHED_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}
 
@@ -32,7 +31,7 @@ def test_smoke_run_exits_0_and_says_where_it_wrote(smoke):
     assert "Traceback" not in run.proc.stderr
     assert (run.cwd / "mlflow.db").is_file() and run.journal.is_file()
     # the subprocess ran this checkout's code, not another installed copy of the project
-    assert rec.children[0].data.tags["mlflow.source.name"] == str(Path(__file__).resolve().parents[2] / "bench" / "run.py")
+    assert rec.children[0].data.tags["mlflow.source.name"] == str(REPO / "bench" / "run.py")
 
 
 def test_smoke_has_one_parent_run_and_one_child_run_per_trial(smoke):
