@@ -223,7 +223,7 @@ class StudySpec:
         if "n_trials" in o:
             spec = _replace(spec, n_trials=o["n_trials"])
         if "timeout_s" in o:
-            spec = _replace(spec, timeout_s=o["timeout_s"])
+            spec = _replace(spec, timeout_s=o["timeout_s"], where="--timeout")
         if "epochs" in o:
             spec = _replace(spec, train=_replace(spec.train, epochs=o["epochs"], where="--epochs"))
         if "seed" in o:
@@ -256,7 +256,7 @@ def available_studies() -> list[str]:
 def resolve_study(name_or_path: str) -> Path:
     """A shipped study's file by name, or a path to a TOML file."""
     p = Path(name_or_path)
-    if p.suffix == ".toml" or "/" in name_or_path or p.exists():
+    if p.suffix == ".toml" or "/" in name_or_path or p.is_file():
         if not p.is_file():
             raise BenchError(f"study file {name_or_path} does not exist")
         return p

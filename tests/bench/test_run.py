@@ -1,0 +1,280 @@
+"""`python -m bench.run` called for real: trials and runs it leaves, resume, pruning, non-finite losses, bad input.
+
+Every study runs in a subprocess against an MLflow sqlite store and an Optuna journal in tmp_path.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass
+
+import pytest
+from optuna.trial import TrialState
+
+from bench.run import build_parser
+from bench.spec import STUDIES_DIR, available_studies
+from tests.bench.conftest import REPO, TEST_STUDIES, StudyRun, png_size, require_mnist, run_cli
+
+FINISHED_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}
+
+
+# ------------------------------------------------------------------ the smoke study
+
+
+def test_smoke_run_exits_0_and_says_where_it_wrote(smoke):
+    run, rec = smoke.run, smoke.record
+    out = run.proc.stdout
+    assert "study smoke: 3/3 trials finished (3 run by this process" in out
+    assert f"parent run {rec.parent.info.run_id} at {run.tracking_uri}" in out
+    assert f"mlflow ui --backend-store-uri {run.tracking_uri}" in out
+    assert "Traceback" not in run.proc.stderr
+    assert (run.cwd / "mlflow.db").is_file() and run.journal.is_file()
+    # the subprocess ran this checkout's code, not another installed copy of the project
+    assert rec.children[0].data.tags["mlflow.source.name"] == str(REPO / "bench" / "run.py")
+
+
+def test_smoke_has_one_parent_run_and_one_child_run_per_trial(smoke):
+    rec = smoke.record
+    assert rec.experiments == ["smoke"]
+    parent = rec.parent
+    assert parent.data.tags["vaebench.role"] == "study"
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_name == "smoke"
+
+    assert [t.number for t in rec.trials] == [0, 1, 2]
+    assert all(t.state in FINISHED_STATUS for t in rec.trials), [t.state for t in rec.trials]
+    assert sum(t.state == TrialState.COMPLETE for t in rec.trials) >= 2  # the median pruner waits for 2
+    assert len(rec.children) == 3
+    for trial in rec.trials:
+        child = rec.child(trial.number)
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.run_name == f"trial-{trial.number:03d}"
+        assert trial.user_attrs["mlflow_run_id"] == child.info.run_id
+        assert child.info.status == FINISHED_STATUS[trial.state], (trial.number, trial.state, child.info.status)
+        assert child.data.tags["optuna_state"] == trial.state.name
+        if trial.state == TrialState.PRUNED:
+            assert child.data.tags["fail_reason"].startswith("pruned by the median pruner at epoch ")
+        else:
+            assert "fail_reason" not in child.data.tags
+    study = smoke.run.optuna_study()
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    assert parent.data.tags["optuna_study_uid"] == study.user_attrs["study_uid"]
+
+
+def test_rerun_resumes_under_the_same_parent_and_n_trials_adds_exactly_one(smoke):
+    run, before = smoke.run, smoke.record
+    parent_id = before.parent.info.run_id
+    child_ids = [c.info.run_id for c in before.children]
+
+    proc = run.run("smoke")  # the same command again: nothing left to do
+    assert "study smoke: 3/3 trials finished (0 run by this process" in proc.stdout
+    again = run.record()
+    assert again.parent.info.run_id == parent_id
+    assert again.parent.info.status == "FINISHED"
+    assert [t.number for t in again.trials] == [0, 1, 2]
+    assert [c.info.run_id for c in again.children] == child_ids
+
+    proc = run.run("smoke", "--n-trials", "4")
+    assert "study smoke: 4/4 trials finished (1 run by this process" in proc.stdout
+    more = run.record()
+    assert more.experiments == ["smoke"]
+    assert more.parent.info.run_id == parent_id
+    assert more.parent.info.status == "FINISHED"
+    assert [t.number for t in more.trials] == [0, 1, 2, 3]
+    assert all(t.state in FINISHED_STATUS for t in more.trials)
+    assert [c.info.run_id for c in more.children[:3]] == child_ids
+    new = more.child(3)
+    assert new.data.tags["mlflow.parentRunId"] == parent_id
+    assert new.info.status == FINISHED_STATUS[more.trials[3].state]
+    assert more.trials[3].user_attrs["mlflow_run_id"] == new.info.run_id
+
+
+# ------------------------------------------------------------------ pruning and non-finite losses
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory):
+    """tests/bench/studies/faults.toml run once: trial 0 completes, 1 goes NaN, 2 is pruned."""
+    require_mnist()
+    run = StudyRun(tmp_path_factory.mktemp("faults"), "faults")
+    run.run(TEST_STUDIES / "faults.toml")
+    rec = run.record()
+    assert [t.params["lr"] for t in rec.trials] == [1e-3, 10.0, 1e-6], "the grid sampler's order for seed 1 changed"
+    return run, rec
+
+
+def test_median_pruner_kills_the_trial_that_learns_nothing(faults):
+    run, rec = faults
+    good, _, slow = rec.trials
+    assert good.state == TrialState.COMPLETE
+    assert sorted(good.intermediate_values) == [1, 2]
+    assert slow.state == TrialState.PRUNED
+    assert list(slow.intermediate_values) == [1]  # stopped after its first epoch of two
+    assert slow.intermediate_values[1] < good.intermediate_values[1]
+    assert "fail_reason" not in slow.user_attrs  # pruned for being bad, not for breaking
+
+    good_run, slow_run = rec.child(good.number), rec.child(slow.number)
+    assert good_run.info.status == "FINISHED" and good_run.data.tags["optuna_state"] == "COMPLETE"
+    assert slow_run.info.status == "KILLED"
+    assert slow_run.data.tags["optuna_state"] == "PRUNED"
+    assert slow_run.data.tags["fail_reason"] == "pruned by the median pruner at epoch 1"
+    client = run.client()
+    assert [m.step for m in client.get_metric_history(slow_run.info.run_id, "val/elbo")] == [1]
+    assert [m.step for m in client.get_metric_history(good_run.info.run_id, "val/elbo")] == [1, 2]
+    assert not any(k.startswith("test/") for k in slow_run.data.metrics)  # a pruned trial is not evaluated
+    assert client.list_artifacts(slow_run.info.run_id) == []
+
+
+def test_nonfinite_loss_prunes_the_trial_fails_its_run_and_the_study_goes_on(faults):
+    run, rec = faults
+    good, exploded, after = rec.trials
+    assert exploded.state == TrialState.PRUNED
+    assert re.fullmatch(r"non-finite training loss (nan|-?inf) at epoch 1, step \d+", exploded.user_attrs["fail_reason"])
+    assert exploded.intermediate_values == {}
+    bad_run = rec.child(exploded.number)
+    assert bad_run.info.status == "FAILED"
+    assert bad_run.data.tags["fail_reason"] == exploded.user_attrs["fail_reason"]
+    assert bad_run.data.tags["optuna_state"] == "PRUNED"
+    assert not any(k.startswith(("val/", "test/")) for k in bad_run.data.metrics)
+
+    # the study went on: the next trial ran, and the pruner judged it against the completed one
+    assert after.state == TrialState.PRUNED and after.intermediate_values
+    assert rec.parent.info.status == "FINISHED"
+    assert rec.parent.data.tags["best_trial"] == str(good.number)
+    assert rec.parent.data.metrics["trials/pruned"] == 2
+    assert rec.parent.data.metrics["trials/complete"] == 1
+    assert "study faults: 3/3 trials finished" in run.proc.stdout
+
+
+def test_two_dimensional_latents_get_their_pictures(faults, tmp_path):
+    run, rec = faults
+    files = run.download(rec.child(0).info.run_id, tmp_path, "images")
+    assert sorted(p.name for p in files.iterdir()) == [
+        "latent_manifold.png", "latent_scatter.png", "reconstructions.png", "samples.png",
+    ]  # fmt: skip
+    assert png_size(files / "latent_manifold.png") == (20 * 28, 20 * 28)  # 20 x 20 decoded prior quantiles
+    width, height = png_size(files / "latent_scatter.png")
+    assert width >= 300 and height >= 300
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on (just released by the OS)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+SMOKE_TEXT = (STUDIES_DIR / "smoke.toml").read_text()
+
+
+@dataclass(frozen=True)
+class BadInput:
+    args: tuple[str, ...]  # {toml}: the edited study file, {empty}: an empty folder, {port}: a closed port
+    expect: tuple[str, ...]  # fragments of the one error line
+    edit: tuple[str, str] | None = None  # (old, new) text replaced once in smoke.toml -> {toml}
+    append: str = ""  # text appended to smoke.toml -> {toml}
+
+
+def _edit(old: str, new: str, expect: tuple[str, ...]) -> BadInput:
+    assert SMOKE_TEXT.count(old) == 1, old
+    return BadInput(("--study", "{toml}"), expect, edit=(old, new))
+
+
+_SYNTAX_LINE = SMOKE_TEXT.splitlines().index("[model]") + 1
+
+BAD_INPUTS = {
+    "unknown-study": BadInput(("--study", "nope"), ("unknown study 'nope'", *available_studies())),
+    "toml-syntax": _edit("[model]", "[model", ("TOML syntax error", f"line {_SYNTAX_LINE}")),
+    "unknown-section": BadInput(("--study", "{toml}"), ("unknown section(s) optimizer",), append="\n[optimizer]\nname = 'adam'\n"),
+    "unknown-key": _edit("lr = 1e-3", "lr = 1e-3\nlearning_rate = 0.1", ("unknown key(s) in [train]: learning_rate",)),
+    "wrong-type": _edit("epochs = 2", 'epochs = "ten"', ("[train]", "epochs must be an integer", "'ten'")),
+    "latent-dim-0": _edit("[model]\n", "[model]\nlatent_dim = 0\n", ("[model]", "latent_dim must be an integer in [1, 4096], got 0")),
+    "search-low-above-high": _edit("low = 32\nhigh = 128", "low = 128\nhigh = 32", ("[search.hidden_width]", "low (128) must not exceed high (32)")),
+    "epochs-0": _edit("epochs = 2", "epochs = 0", ("[train]", "epochs must be an integer in [1, 100000], got 0")),
+    "batch-size-0": _edit("batch_size = 128", "batch_size = 0", ("[train]", "batch_size must be an integer", "got 0")),
+    "unsupported-dataset": _edit('dataset = "mnist"', 'dataset = "cifar10"', ("[data]", "dataset must be one of", "'cifar10'")),
+    "missing-data": BadInput(("--study", "smoke", "--data-dir", "{empty}"), ("mnist not found in", "--data-dir")),
+    "storage-url-unparsable": BadInput(
+        ("--study", "smoke", "--storage", "postgresql://user@host:notaport/db"),
+        ("--storage: cannot parse the database URL", "notaport"),
+    ),
+    "tracking-server-unreachable": BadInput(
+        ("--study", "smoke", "--tracking-uri", "http://127.0.0.1:{port}"),
+        ("cannot reach the MLflow tracking server http://127.0.0.1:", "--tracking-uri"),
+    ),
+    "database-unreachable": BadInput(
+        ("--study", "smoke", "--storage", "postgresql://nobody@127.0.0.1:1/x"),
+        ("cannot reach the Optuna storage postgresql://nobody@127.0.0.1:1/x", "--storage"),
+    ),
+    "epochs-flag-0": BadInput(("--study", "smoke", "--epochs", "0"), ("--epochs: epochs must be an integer in [1, 100000], got 0",)),
+    "workers-flag-0": BadInput(("--study", "smoke", "--workers", "0"), ("--workers must be between 1 and 64, got 0",)),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(case: BadInput, tmp_path):
+    inputs, cwd = tmp_path / "inputs", tmp_path / "cwd"
+    (inputs / "empty").mkdir(parents=True)
+    cwd.mkdir()
+    toml = inputs / "bad.toml"
+    if case.edit or case.append:
+        text = SMOKE_TEXT.replace(*case.edit) if case.edit else SMOKE_TEXT
+        toml.write_text(text + case.append)
+    subs = {"{toml}": str(toml), "{empty}": str(inputs / "empty"), "{port}": str(closed_port())}
+    args = [_sub(a, subs) for a in case.args]
+
+    # no --tracking-uri / --storage unless the case is about them: the defaults would write here
+    proc = run_cli([*args, "--no-progress", "--no-baselines"], cwd, timeout=120)
+
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    for fragment in case.expect:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    assert proc.stdout == ""
+    assert sorted(p.name for p in cwd.iterdir()) == []  # no mlflow.db, mlruns, optuna.journal
+
+
+def _sub(arg: str, subs: dict[str, str]) -> str:
+    for k, v in subs.items():
+        arg = arg.replace(k, v)
+    return arg
+
+
+# ------------------------------------------------------------------ help
+
+
+def test_help_names_every_flag_with_its_default(tmp_path):
+    proc = run_cli(["--help"], tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    # one block per flag: its line plus continuation lines (COLUMNS is wide, but be safe)
+    blocks: dict[str, str] = {}
+    current = None
+    for line in proc.stdout.splitlines():
+        m = re.match(r"\s{2}(-[-\w]+)", line)
+        if m:
+            current = m.group(1)
+            blocks[current] = line.strip()
+        elif current and line.startswith(" " * 6):
+            blocks[current] += " " + line.strip()
+        else:
+            current = None
+
+    flags = [a for a in build_parser()._actions if a.help != "==SUPPRESS==" and a.option_strings != ["-h", "--help"]]
+    assert len(flags) >= 15
+    for action in flags:
+        flag = action.option_strings[-1]
+        assert flag in blocks, f"{flag} missing from --help"
+        text = blocks[flag]
+        assert text.count("(default") == 1, f"{flag}: expected one '(default ...)' in {text!r}"
+        if action.default not in (None, False):
+            assert f"(default: {action.default})" in text, text
+    assert "--worker-index" not in proc.stdout and "--no-finalize" not in proc.stdout  # internal flags stay hidden
+    for name in available_studies():
+        assert name in blocks["--study"]

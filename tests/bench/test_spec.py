@@ -1,0 +1,202 @@
+"""bench.spec: the shipped studies load as written, overrides and grids behave, inconsistent studies are refused.
+
+In-process and fast: no training, no MLflow, no Optuna storage.
+"""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from bench.errors import BenchError
+from bench.spec import STUDIES_DIR, SearchParam, StudySpec, available_studies, load_spec, parse_spec
+from vae.data import DataConfig
+
+
+def smoke_raw() -> dict:
+    return tomllib.loads((STUDIES_DIR / "smoke.toml").read_text())
+
+
+@pytest.mark.parametrize("name", ["latent", "smoke", "seed"])
+def test_shipped_study_loads_by_name(name):
+    assert name in available_studies()
+    spec = load_spec(name)
+    assert spec.name == name
+    assert spec.path == STUDIES_DIR / f"{name}.toml"
+    assert spec.text == (STUDIES_DIR / f"{name}.toml").read_text()
+    assert spec.metric == "val/elbo" and spec.direction == "maximize"
+
+
+def test_latent_study_searches_size_width_and_kl_weight():
+    spec = load_spec("latent")
+    assert spec.searched == ("latent_dim", "hidden_width", "beta")
+    latent, width, beta = spec.search
+    assert latent.type == "categorical" and latent.choices == (2, 4, 8, 16, 32, 64)
+    assert (width.type, width.low, width.high, width.log) == ("int", 64, 1024, True)
+    assert (beta.type, beta.low, beta.high, beta.log) == ("float", 0.25, 4.0, True)
+    assert spec.latent_sizes == (2, 4, 8, 16, 32, 64)
+    assert spec.n_trials == 18 and spec.train.epochs == 8
+    assert (spec.pruner.type, spec.pruner.n_warmup_steps, spec.pruner.n_startup_trials) == ("median", 2, 4)
+    assert spec.baselines.models == ("ae", "pca")
+
+
+def test_seed_study_is_the_fixed_seed_network():
+    spec = load_spec("seed")
+    assert spec.search == ()
+    assert (spec.model.latent_dim, spec.model.hidden_width, spec.model.hidden_layers) == (2, 32, 1)
+    assert spec.data.binarize == "none"
+    assert spec.latent_sizes == (2,)
+    assert spec.n_trials == 1 and spec.train.epochs == 10
+
+
+def test_smoke_study_is_tiny():
+    spec = load_spec("smoke")
+    assert spec.n_trials == 3 and spec.train.epochs == 2
+    assert (spec.data.limit, spec.data.test_limit, spec.data.val_size) == (2000, 1000, 500)
+    assert spec.latent_sizes == (2, 4)
+
+
+def test_study_name_resolves_from_another_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_spec("smoke").path == STUDIES_DIR / "smoke.toml"
+    # a folder in the working directory that happens to share a study's name does not hide it
+    (tmp_path / "latent").mkdir()
+    assert load_spec("latent").path == STUDIES_DIR / "latent.toml"
+    # a relative path to a file is read from the working directory
+    (tmp_path / "mine.toml").write_text('[study]\nname = "mine"\n[train]\nepochs = 3\n')
+    spec = load_spec("mine.toml")
+    assert spec.name == "mine" and spec.train.epochs == 3
+
+
+def test_study_name_defaults_to_the_file_name(tmp_path):
+    path = tmp_path / "quick.toml"
+    path.write_text("[train]\nepochs = 1\n")
+    assert load_spec(str(path)).name == "quick"
+
+
+def test_missing_file_and_unknown_name_are_bench_errors(tmp_path):
+    with pytest.raises(BenchError, match="does not exist"):
+        load_spec(str(tmp_path / "absent.toml"))
+    with pytest.raises(BenchError, match=r"unknown study 'nope'; available: latent, seed, smoke"):
+        load_spec("nope")
+
+
+def test_overrides_replace_only_what_is_given():
+    spec = load_spec("smoke")
+    assert spec.with_overrides(n_trials=None, epochs=None, timeout_s=None, seed=None) == spec
+    o = spec.with_overrides(n_trials=7, epochs=5, timeout_s=60.0, seed=11)
+    assert (o.n_trials, o.train.epochs, o.timeout_s) == (7, 5, 60.0)
+    assert o.train.seed == 11 and o.sampler.seed == 11  # one seed for weights and for the sampler
+    assert o.train.lr == spec.train.lr and o.search == spec.search and o.model == spec.model
+    assert spec.n_trials == 3  # the original is untouched (frozen)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"epochs": 0}, r"--epochs: epochs must be an integer in \[1, 100000\], got 0"),
+        ({"n_trials": 0}, r"--n-trials: study.n_trials must be an integer in \[1, 100000\], got 0"),
+        ({"timeout_s": -1.0}, r"--timeout: study.timeout_s must be a positive number"),
+        ({"seed": -1}, r"--seed: seed must be an integer"),
+    ],
+)
+def test_bad_override_is_a_bench_error_naming_the_flag(overrides, message):
+    with pytest.raises(BenchError, match=message):
+        load_spec("smoke").with_overrides(**overrides)
+
+
+def test_grid_values():
+    assert SearchParam("latent_dim", "categorical", choices=(2, 8)).grid_values() == [2, 8]
+    assert SearchParam("hidden_layers", "int", low=1, high=3).grid_values() == [1, 2, 3]
+    assert SearchParam("hidden_width", "int", low=32, high=128, step=32).grid_values() == [32, 64, 96, 128]
+    beta = SearchParam("beta", "float", low=0.5, high=2.0, step=0.5).grid_values()
+    assert beta == pytest.approx([0.5, 1.0, 1.5, 2.0])
+    lr = SearchParam("lr", "float", low=0.1, high=0.3, step=0.1).grid_values()  # 0.2 / 0.1 is 1.9999...
+    assert lr == pytest.approx([0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match=r"\[search.beta\]: the grid sampler needs 'choices' or a 'step'"):
+        SearchParam("beta", "float", low=0.5, high=2.0).grid_values()
+    with pytest.raises(ValueError, match="grid sampler needs"):
+        SearchParam("hidden_width", "int", low=32, high=128, log=True).grid_values()
+
+
+def test_grid_sampler_study_needs_finite_grids():
+    raw = smoke_raw()
+    raw["study"]["sampler"] = {"type": "grid", "seed": 0}
+    with pytest.raises(ValueError, match=r"\[search.hidden_width\]: the grid sampler needs"):
+        parse_spec(raw, "g")
+    raw["search"]["beta"] = {"type": "float", "low": 0.5, "high": 1.5, "step": 0.5}
+    raw["search"]["hidden_width"] = {"type": "categorical", "choices": [32, 64]}
+    spec = parse_spec(raw, "g")
+    assert [p.grid_values() for p in spec.search] == [[2, 4], [32, 64], [0.5, 1.0, 1.5]]
+
+
+@pytest.mark.parametrize(
+    "metric, direction, fix",
+    [
+        ("val/elbo", "minimize", "'maximize'"),
+        ("val/kl", "maximize", "'minimize'"),
+        ("train/recon_bce", "maximize", "'minimize'"),
+    ],
+)
+def test_direction_must_match_the_metric(metric, direction, fix):
+    raw = smoke_raw()
+    raw["study"].update(metric=metric, direction=direction)
+    with pytest.raises(ValueError, match=f"study.direction: {metric} improves when it goes the other way; use direction = {fix}"):
+        parse_spec(raw, "x")
+
+
+def test_val_metric_needs_a_validation_split():
+    raw = smoke_raw()
+    raw["data"]["val_size"] = 0
+    with pytest.raises(ValueError, match="study.metric val/elbo needs a validation split"):
+        parse_spec(raw, "x")
+    raw["study"]["metric"] = "train/elbo"
+    spec = parse_spec(raw, "x")
+    assert spec.metric == "train/elbo" and spec.data.val_size == 0
+
+
+def test_defaults_apply_to_a_minimal_file():
+    spec = parse_spec({}, "bare")
+    assert spec == StudySpec(name="bare")
+    assert spec.data == DataConfig() and spec.search == ()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"search": {"depth": {"type": "int", "low": 1, "high": 2}}}, r"'depth' is not a config field"),
+        ({"search": {"beta": {"low": 1.0, "high": 2.0}}}, r"\[search.beta\] needs a 'type'"),
+        ({"search": {"beta": {"type": "float", "low": 0.0, "high": 2.0, "log": True}}}, r"log = true needs low > 0"),
+        ({"search": {"latent_dim": {"type": "categorical", "choices": []}}}, r"non-empty 'choices'"),
+        ({"search": {"latent_dim": {"type": "categorical", "choices": [2, 0]}}}, r"latent_dim must be an integer in \[1, 4096\], got 0"),
+        ({"study": {"sampler": {"type": "cmaes"}}}, r"sampler.type must be one of tpe, random, grid, gp"),
+        ({"study": {"pruner": {"type": "median", "n_warmup_steps": -1}}}, r"pruner.n_warmup_steps must be a non-negative integer"),
+        ({"study": {"n_trials": 1.5}}, r"study.n_trials must be an integer"),
+        ({"study": {"metric": "test/elbo"}}, r"study.metric must be one of"),
+        ({"baselines": {"models": ["ae", "ae"]}}, r"lists a model twice"),
+        ({"baselines": {"models": ["vae"]}}, r"'vae' is not a baseline"),
+        ({"eval": {"iw_samples": 0}}, r"eval.iw_samples must be an integer in \[1, 100000\]"),
+        ({"model": {"beta": -1.0}}, r"\[model\] beta must be a number in \[0, 1000\]"),
+        ({"train": {"lr": 0}}, r"\[train\] lr must be a number in \(0, 10\]"),
+        ({"data": {"binarize": "static"}}, r"\[data\] binarize must be 'none' or 'dynamic'"),
+        ({"model": []}, r"\[model\] must be a table"),
+    ],
+)
+def test_inconsistent_study_is_refused_with_the_key(change, message):
+    raw = smoke_raw()
+    for section, value in change.items():
+        if isinstance(value, dict) and isinstance(raw.get(section), dict) and section != "search":
+            raw[section] = {**raw[section], **value}
+        else:
+            raw[section] = value
+    with pytest.raises(ValueError, match=message):
+        parse_spec(raw, "x")
+
+
+def test_load_spec_names_the_file_in_every_error(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[train]\nepochs = 0\n")
+    with pytest.raises(BenchError) as info:
+        load_spec(str(path))
+    assert str(info.value) == f"{path}: [train] epochs must be an integer in [1, 100000], got 0"
