@@ -14,7 +14,7 @@ from typing import Literal
 
 from bench.errors import BenchError
 
-DEFAULT_THRESHOLDS = Path(__file__).resolve().parent.parent / "studies" / "ci_thresholds.toml"
+DEFAULT_THRESHOLDS = Path(__file__).resolve().parent.parent / "studies" / "thresholds" / "ci.toml"
 OPS = {">=": lambda v, b: v >= b, "<=": lambda v, b: v <= b}
 # which way each gated metric is allowed to move: ">=" higher is better. KL is not gated:
 # a higher KL with a better ELBO is no regression.

@@ -127,10 +127,18 @@ class Tracker:
                     self.client.restore_experiment(exp.experiment_id)
                 return exp.experiment_id
             try:
-                return self.client.create_experiment(name)
+                return self.client.create_experiment(name, artifact_location=self._artifact_location(name))
             except Exception:  # created concurrently: read it back
                 time.sleep(0.2 * (attempt + 1))
         raise BenchError(f"cannot create or find the MLflow experiment {name!r} at {self.uri}")
+
+    def _artifact_location(self, name: str) -> str | None:
+        """For a SQLite store, artifacts go beside the database (MLflow's default is ./mlruns
+        of whatever folder the process runs in); servers choose their own."""
+        if not self.uri.startswith("sqlite:///"):
+            return None
+        folder = Path(self.uri[len("sqlite:///") :]).resolve().parent / "mlruns"
+        return (folder / name.replace("/", "_")).as_uri()
 
     # ----------------------------------------------------------- parent run
     def create_parent_run(self, study: str, params: dict[str, Any], tags: dict[str, str], files: dict[str, str]) -> str:

@@ -13,7 +13,6 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
-from torchvision.utils import make_grid
 
 from vae.loss import bernoulli_nll, gaussian_kl, gaussian_log_prob, iwae_bound, standard_normal_log_prob
 from vae.model import IMAGE_SHAPE
@@ -138,6 +137,8 @@ def reconstruct(model: nn.Module, x: torch.Tensor, batch_size: int = 2000) -> to
 
 def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> torch.Tensor:
     """(N, 784) in [0, 1] -> one (3, H, W) grid image (torchvision.utils.make_grid)."""
+    from torchvision.utils import make_grid  # imported here: torchvision costs seconds at startup
+
     imgs = images.detach().float().cpu().clamp(0, 1).reshape(-1, *IMAGE_SHAPE)
     return make_grid(imgs, nrow=nrow, padding=pad, pad_value=1.0)
 

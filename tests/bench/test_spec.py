@@ -78,7 +78,7 @@ def test_study_name_defaults_to_the_file_name(tmp_path):
 def test_missing_file_and_unknown_name_are_bench_errors(tmp_path):
     with pytest.raises(BenchError, match="does not exist"):
         load_spec(str(tmp_path / "absent.toml"))
-    with pytest.raises(BenchError, match=r"unknown study 'nope'; available: latent, seed, smoke"):
+    with pytest.raises(BenchError, match=r"unknown study 'nope'; available: ci, latent, seed, smoke"):
         load_spec("nope")
 
 
