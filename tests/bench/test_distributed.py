@@ -1,0 +1,251 @@
+"""Many workers on one study, against real services: PostgreSQL for Optuna, an `mlflow server` for tracking.
+
+Each test makes its own databases (dropped afterwards) and its own study name; the server is
+started once for the module. Workers are real `python -m bench.run` processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from bench.storage import StorageTarget, open_storage
+from tests.bench.services import (
+    MlflowServer,
+    create_database,
+    db_url,
+    drop_database,
+    free_port,
+    postgres_available,
+)
+
+PROJECT = Path(__file__).resolve().parents[2]
+SMOKE = PROJECT / "studies" / "smoke.toml"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+DB_PREFIX = "vaebench_scale"
+WORKER_TIMEOUT_S = 300  # one worker's whole run on a loaded 2-core machine, with margin
+
+needs_postgres = pytest.mark.postgres
+
+
+# ----------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> str:
+    root = os.environ.get("VAE_DATA_DIR")
+    if not root:
+        pytest.skip("VAE_DATA_DIR is not set (point it at the folder holding MNIST/raw)")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pg() -> None:
+    if not postgres_available():
+        pytest.skip("no PostgreSQL server at 127.0.0.1:5432 (trust auth, user postgres)")
+
+
+@pytest.fixture
+def new_db(pg):
+    """A factory of empty PostgreSQL databases, all dropped (WITH FORCE) after the test."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(create_database(DB_PREFIX))
+        return db_url(made[-1])
+
+    yield make
+    for name in made:
+        drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(pg, tmp_path_factory):
+    """One `mlflow server` for the module, its backend store a database of its own."""
+    name = create_database(DB_PREFIX + "_mlflow")
+    server = MlflowServer(db_url(name), tmp_path_factory.mktemp("mlflow") / "artifacts")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        drop_database(name)
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def study_file(tmp_path: Path, epochs: int = 1, limit: int = 1000) -> Path:
+    """studies/smoke.toml under a unique name (its own MLflow experiment), made smaller."""
+    name = f"scale-{uuid.uuid4().hex[:8]}"
+    text = SMOKE.read_text()
+    for old, new in (('name = "smoke"', f'name = "{name}"'), ("epochs = 2", f"epochs = {epochs}"),
+                     ("limit = 2000", f"limit = {limit}")):
+        assert old in text, f"studies/smoke.toml changed: no {old!r}"
+        text = text.replace(old, new)
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+class Worker:
+    """One `python -m bench.run` process, its output in files under the test's folder."""
+
+    count = 0
+
+    def __init__(self, cwd: Path, args: list[str], data_dir: str) -> None:
+        Worker.count += 1
+        self.out = cwd / f"worker-{Worker.count}.out"
+        self.err = cwd / f"worker-{Worker.count}.err"
+        env = {**os.environ, "PYTHONPATH": str(PROJECT), "VAE_DATA_DIR": data_dir}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        with open(self.out, "wb") as out, open(self.err, "wb") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "bench.run", *args], cwd=cwd, env=env, stdout=out, stderr=err)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait(self, timeout: float = WORKER_TIMEOUT_S) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"worker {self.pid} still running after {timeout:.0f} s:\n{self.stderr()}") from None
+
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace")[-4000:]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def workers():
+    """Start workers with `workers(cwd, args, data_dir)`; any still running at the end are killed."""
+    started: list[Worker] = []
+
+    def start(cwd: Path, args: list[str], data_dir: str) -> Worker:
+        started.append(Worker(cwd, args, data_dir))
+        return started[-1]
+
+    yield start
+    for w in started:
+        w.kill()
+
+
+def run_args(study: Path, storage: str | None, tracking: str, n_trials: int, *extra: str) -> list[str]:
+    args = ["--study", str(study), "--tracking-uri", tracking, "--n-trials", str(n_trials),
+            "--threads", "1", "--no-baselines", "--no-progress", *extra]
+    return args + (["--storage", storage] if storage else [])
+
+
+def study_name(path: Path) -> str:
+    return path.stem
+
+
+def load(storage) -> optuna.Study:
+    summaries = optuna.get_all_study_summaries(storage)
+    assert len(summaries) == 1, [s.study_name for s in summaries]
+    return optuna.load_study(study_name=summaries[0].study_name, storage=storage)
+
+
+def wait_for_running_trial(storage: str, timeout_s: float = 180.0, worker: Worker | None = None) -> optuna.trial.FrozenTrial:
+    """Poll until a trial is RUNNING and has its MLflow run (so killing now leaves a run to close)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if worker is not None and worker.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {worker.proc.returncode} before a trial ran:\n{worker.stderr()}")
+        try:
+            study = load(storage)
+        except (AssertionError, KeyError, Exception):
+            time.sleep(0.5)
+            continue
+        running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "mlflow_run_id" in t.user_attrs]
+        if running:
+            return running[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no RUNNING trial with an MLflow run within {timeout_s:.0f} s")
+
+
+def mlflow_runs(tracking: str, experiment: str):
+    """(parent runs, trial runs, all runs) of the study's experiment."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment!r} at {tracking}"
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("vaebench.role") == "study"]
+    trials = [r for r in runs if r.data.tags.get("vaebench.role") == "trial"]
+    return parents, trials, runs
+
+
+def check_study(storage, tracking: str, name: str, n_trials: int) -> tuple[optuna.Study, list]:
+    """What every shared study must look like at the end; returns the study and its trial runs."""
+    study = load(storage)
+    assert study.study_name == name
+    finished = study.get_trials(states=FINISHED)
+    assert len(finished) == n_trials, [(t.number, t.state.name) for t in study.trials]
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    # different workers sample with different seeds: no configuration is trained twice
+    configs = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(set(configs)) == n_trials, configs
+
+    parents, trial_runs, runs = mlflow_runs(tracking, name)
+    assert len(parents) == 1, [r.info.run_id for r in parents]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    for r in trial_runs:
+        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id, r.info.run_name
+    # one MLflow run per trial that started one, and each finished trial's run says how it ended
+    numbers = [int(r.data.tags["trial_number"]) for r in trial_runs]
+    assert len(numbers) == len(set(numbers)), sorted(numbers)
+    by_id = {r.info.run_id: r for r in trial_runs}
+    for t in finished:
+        run = by_id[t.user_attrs["mlflow_run_id"]]
+        assert int(run.data.tags["trial_number"]) == t.number
+        assert run.info.status == ("FINISHED" if t.state == TrialState.COMPLETE else "KILLED"), (t.number, run.info.status)
+    return study, trial_runs
+
+
+# ----------------------------------------------------------------- tests without a worker process
+
+
+@needs_postgres
+def test_workers_opening_an_empty_database_together_all_get_the_storage(new_db):
+    """Every worker creates Optuna's tables on a fresh database; the racing ones must not fail."""
+    for _ in range(2):
+        url = new_db()
+        barrier, errors = threading.Barrier(4), []
+
+        def open_it() -> None:
+            barrier.wait()
+            try:
+                open_storage(StorageTarget("rdb", url))
+            except Exception as exc:  # noqa: BLE001 - collected and asserted on
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert optuna.get_all_study_summaries(url) == []
