@@ -6,6 +6,7 @@ together they finish exactly n_trials trials, under one parent run created exact
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ def open_study(spec: StudySpec, storage, seed_offset: int = 0) -> tuple[optuna.S
         )
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
+        # A joining or resuming worker seeded like the creator would propose the creator's
+        # first configurations again: give it a seed of its own.
+        sampler = make_sampler(spec, seed_offset + 1 + secrets.randbelow(2**20))
         study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
         if study.direction.name.lower() != spec.direction:
             raise BenchError(

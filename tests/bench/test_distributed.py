@@ -6,6 +6,7 @@ started once for the module. Workers are real `python -m bench.run` processes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -249,3 +250,21 @@ def test_workers_opening_an_empty_database_together_all_get_the_storage(new_db):
             t.join()
         assert errors == []
         assert optuna.get_all_study_summaries(url) == []
+
+
+def test_a_joining_worker_does_not_propose_the_creators_configurations(tmp_path):
+    """Two workers seeded alike would train the same first configurations twice."""
+    from bench.objective import suggest_configs
+    from bench.spec import load_spec
+    from bench.study import open_study
+
+    spec = load_spec(str(study_file(tmp_path)))
+    storage = open_storage(StorageTarget("journal", str(tmp_path / "optuna.journal")))
+    creator, created = open_study(spec, storage)
+    joiner, joined_created = open_study(spec, storage)
+    assert (created, joined_created) == (True, False)
+    first = [suggest_configs(s.ask(), spec) for s in (creator, joiner, creator, joiner)]
+    assert len({(m, t) for m, t in first}) == 4, first
+    # the creator alone stays reproducible: a fresh study with the same seed proposes the same first trial
+    again, _ = open_study(dataclasses.replace(spec, name=spec.name + "-again"), storage)
+    assert suggest_configs(again.ask(), spec) == first[0]
