@@ -235,8 +235,8 @@ class Tracker:
     def child_run(self, parent_id: str, name: str, params: dict[str, Any], tags: dict[str, Any]) -> Iterator["ChildRun"]:
         """A nested run that is always closed: FINISHED, or the status the body chose, or FAILED.
 
-        The body sets `run.outcome = ("KILLED", reason)` before raising for a pruned or
-        interrupted trial; any other exception closes the run as FAILED with its reason.
+        The body sets `run.outcome = ("KILLED", reason)` before raising for a pruned trial;
+        an interrupt (KeyboardInterrupt) closes it KILLED, any other exception FAILED, with its reason.
         """
         mlflow = _mlflow()
         active = mlflow.start_run(
@@ -252,7 +252,9 @@ class Tracker:
             yield child
             status = "FINISHED"
         except BaseException as exc:
-            status, reason = child.outcome or ("FAILED", f"{type(exc).__name__}: {exc}")
+            # SIGINT, and SIGTERM turned into KeyboardInterrupt by bench.run: the run was stopped, not broken
+            stopped = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            status, reason = child.outcome or (stopped, f"{type(exc).__name__}: {exc}")
             _safe(lambda: self.set_tags(child.run_id, {"fail_reason": reason[:4000]}))
             raise
         finally:

@@ -268,3 +268,30 @@ def test_a_joining_worker_does_not_propose_the_creators_configurations(tmp_path)
     # the creator alone stays reproducible: a fresh study with the same seed proposes the same first trial
     again, _ = open_study(dataclasses.replace(spec, name=spec.name + "-again"), storage)
     assert suggest_configs(again.ask(), spec) == first[0]
+
+
+# ----------------------------------------------------------------- stopping workers
+
+
+@needs_postgres
+def test_sigterm_ends_the_trial_as_killed_and_a_rerun_completes(tmp_path, data_dir, new_db, mlflow_server, workers):
+    study, storage, url = study_file(tmp_path), new_db(), mlflow_server.url
+    name = study_name(study)
+    a = workers(tmp_path, run_args(study, storage, url, 1, "--epochs", "200"), data_dir)
+    trial = wait_for_running_trial(storage, worker=a)
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.wait(timeout=120) == 130, a.stderr()
+    assert "interrupted" in a.stderr()
+
+    stopped = load(storage).trials[trial.number]
+    assert stopped.state == TrialState.FAIL
+    parents, trial_runs, _ = mlflow_runs(url, name)
+    run = {r.info.run_id: r for r in trial_runs}[trial.user_attrs["mlflow_run_id"]]
+    assert run.info.status == "KILLED"
+    assert "KeyboardInterrupt" in run.data.tags["fail_reason"]
+    assert [p.info.status for p in parents] == ["KILLED"]
+
+    b = workers(tmp_path, run_args(study, storage, url, 1), data_dir)
+    assert b.wait() == 0, b.stderr()
+    study_obj, _ = check_study(storage, url, name, 1)
+    assert [t.state for t in study_obj.trials] == [TrialState.FAIL, TrialState.COMPLETE]
