@@ -160,8 +160,17 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 
 def worker_id() -> str:
-    """host:pid of this process, stored on each trial it runs."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """host:pid of this process, stored on each trial it runs.
+
+    The host part also names the PID namespace: containers that share the machine's hostname
+    (host networking) each have their own pids, so one must not judge another's pids dead.
+    """
+    try:
+        ns = os.readlink("/proc/self/ns/pid")  # 'pid:[4026531836]'
+        host = f"{socket.gethostname()}/{ns.strip('pid:[]')}"
+    except OSError:  # not Linux
+        host = socket.gethostname()
+    return f"{host}:{os.getpid()}"
 
 
 def pid_alive(pid: int) -> bool:

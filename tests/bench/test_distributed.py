@@ -295,3 +295,62 @@ def test_sigterm_ends_the_trial_as_killed_and_a_rerun_completes(tmp_path, data_d
     assert b.wait() == 0, b.stderr()
     study_obj, _ = check_study(storage, url, name, 1)
     assert [t.state for t in study_obj.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+# ----------------------------------------------------------------- recovering a dead worker's trial
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def local_study(tmp_path):
+    """A journal-file study with its parent run in a sqlite MLflow store, as one worker opens it."""
+    from bench.spec import load_spec
+    from bench.study import ensure_parent_run, open_study
+    from bench.tracking import Tracker
+
+    spec = load_spec(str(study_file(tmp_path)))
+    study, created = open_study(spec, open_storage(StorageTarget("journal", str(tmp_path / "optuna.journal"))))
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", spec.name)
+    parent = ensure_parent_run(study, created, spec, tracker)
+    return spec, study, tracker, parent
+
+
+def start_trial(spec, study, tracker, parent: str, worker: str) -> optuna.trial.Trial:
+    """A RUNNING trial as a worker leaves it mid-training: its params, its worker, an open MLflow run."""
+    from bench.objective import suggest_configs
+
+    trial = study.ask()
+    suggest_configs(trial, spec)
+    run = tracker.client.create_run(tracker.experiment_id, tags={"mlflow.parentRunId": parent})
+    trial.set_user_attr("worker", worker)
+    trial.set_user_attr("mlflow_run_id", run.info.run_id)
+    return trial
+
+
+def test_only_trials_of_dead_workers_in_this_pid_namespace_are_recovered(local_study):
+    from bench.storage import worker_id
+    from bench.study import recover_dead_local_trials
+
+    spec, study, tracker, parent = local_study
+    host = worker_id().rsplit(":", 1)[0]
+    if Path("/proc/self/ns/pid").exists():
+        assert host == f"{socket.gethostname()}/{os.stat('/proc/self/ns/pid').st_ino}"
+    pid = dead_pid()
+    here = start_trial(spec, study, tracker, parent, f"{host}:{pid}")
+    # same hostname, another container's pid namespace: its pid means nothing here
+    other_ns = start_trial(spec, study, tracker, parent, f"{socket.gethostname()}/1:{pid}")
+    alive = start_trial(spec, study, tracker, parent, worker_id())
+
+    assert recover_dead_local_trials(study, tracker) == [here.number]
+    states = {t.number: t.state for t in study.trials}
+    assert states[here.number] == TrialState.FAIL
+    assert states[other_ns.number] == states[alive.number] == TrialState.RUNNING
+    run = tracker.client.get_run(study.trials[here.number].user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert f"{host}:{pid}" in run.data.tags["fail_reason"]
+    assert tracker.status(study.trials[other_ns.number].user_attrs["mlflow_run_id"]) == "RUNNING"
