@@ -6,6 +6,7 @@ safely; a database URL gives an RDB storage with heartbeats, so a killed worker'
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import socket
@@ -25,6 +26,7 @@ DEFAULT_JOURNAL = "optuna.journal"
 HEARTBEAT_INTERVAL_S = 5  # a live worker refreshes its trial's heartbeat this often
 GRACE_PERIOD_S = 20  # a trial whose heartbeat is older than this is stale: its worker died
 MAX_RETRY = 2  # a stale trial is re-queued at most this many times
+DEAD_WORKER_ATTRS = ("worker", "mlflow_run_id", "fail_reason")  # trial user attrs a retry does not inherit
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 
 
@@ -109,9 +111,13 @@ class StaleTrialHandler:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self.on_stale is not None:
             self.on_stale(trial)
+        # The retry copies the user attrs; it must not carry the dead worker's id (until its new
+        # worker writes its own, recovery of dead local trials would fail it too) nor its closed run.
+        retry = copy.copy(trial)
+        retry.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in DEAD_WORKER_ATTRS}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.retry(study, trial)
+            self.retry(study, retry)
 
 
 def open_storage(target: StorageTarget, stale_handler: StaleTrialHandler | None = None) -> optuna.storages.BaseStorage:

@@ -354,3 +354,19 @@ def test_only_trials_of_dead_workers_in_this_pid_namespace_are_recovered(local_s
     assert run.info.status == "FAILED"
     assert f"{host}:{pid}" in run.data.tags["fail_reason"]
     assert tracker.status(study.trials[other_ns.number].user_attrs["mlflow_run_id"]) == "RUNNING"
+
+
+def test_a_retried_trial_keeps_the_params_but_not_the_dead_workers_run(local_study):
+    from bench.storage import StaleTrialHandler
+
+    spec, study, tracker, parent = local_study
+    dead = start_trial(spec, study, tracker, parent, f"elsewhere:{dead_pid()}")
+    study._storage.set_trial_state_values(dead._trial_id, TrialState.FAIL)
+    failed = study._storage.get_trial(dead._trial_id)
+    StaleTrialHandler()(study, failed)
+
+    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    assert retry.params == failed.params and retry.params
+    assert retry.system_attrs["failed_trial"] == dead.number
+    assert "worker" not in retry.user_attrs and "mlflow_run_id" not in retry.user_attrs
+    assert study.trials[dead.number].user_attrs["worker"].startswith("elsewhere:")
