@@ -173,9 +173,9 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags
     parent = ensure_parent_run(study, created, spec, tracker)
     if parent_tags:
         tracker.set_tags(parent, parent_tags)
-    recovered = recover_dead_local_trials(study, tracker)
+    recovered = recover_dead_local_trials(study, tracker, stale)
     if recovered:
-        print(f"marked trials {recovered} as failed: their worker process is gone", file=sys.stderr)
+        print(f"marked trials {recovered} as failed and queued them again: their worker process is gone", file=sys.stderr)
     tracker.set_status(parent, "RUNNING")
     children = []
     if args.workers > 1:

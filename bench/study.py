@@ -108,11 +108,16 @@ def count(study: optuna.Study, states) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def recover_dead_local_trials(study: optuna.Study, tracker: Tracker) -> list[int]:
+def recover_dead_local_trials(
+    study: optuna.Study,
+    tracker: Tracker,
+    requeue: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> list[int]:
     """Fail RUNNING trials whose worker was a process on this host that no longer exists.
 
     This is the journal-file path's crash recovery (it has no heartbeats); database
-    storages also get Optuna's heartbeat-based retry. Their MLflow runs are closed as FAILED.
+    storages also get Optuna's heartbeat-based retry. Their MLflow runs are closed as FAILED,
+    and `requeue` (the StaleTrialHandler) queues each again, as a heartbeat timeout would.
     """
     me_host = worker_id().rsplit(":", 1)[0]
     failed = []
@@ -127,6 +132,8 @@ def recover_dead_local_trials(study: optuna.Study, tracker: Tracker) -> list[int
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
             continue
         close_trial_run(tracker, t, f"worker {w} died mid-trial")
+        if requeue is not None:
+            requeue(study, study._storage.get_trial(t._trial_id))
         failed.append(t.number)
     return failed
 

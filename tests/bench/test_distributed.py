@@ -370,3 +370,18 @@ def test_a_retried_trial_keeps_the_params_but_not_the_dead_workers_run(local_stu
     assert retry.system_attrs["failed_trial"] == dead.number
     assert "worker" not in retry.user_attrs and "mlflow_run_id" not in retry.user_attrs
     assert study.trials[dead.number].user_attrs["worker"].startswith("elsewhere:")
+
+
+def test_a_dead_local_workers_trial_is_queued_again(local_study):
+    from bench.storage import StaleTrialHandler, worker_id
+    from bench.study import recover_dead_local_trials
+
+    spec, study, tracker, parent = local_study
+    dead = start_trial(spec, study, tracker, parent, f"{worker_id().rsplit(':', 1)[0]}:{dead_pid()}")
+    assert recover_dead_local_trials(study, tracker, StaleTrialHandler()) == [dead.number]
+    assert recover_dead_local_trials(study, tracker, StaleTrialHandler()) == []  # once only
+    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    assert retry.system_attrs["failed_trial"] == dead.number
+    assert retry.params == study.trials[dead.number].params
+    assert "died mid-trial" in study.trials[dead.number].user_attrs["fail_reason"]
+    assert "fail_reason" not in retry.user_attrs
