@@ -178,6 +178,8 @@ def run_worker(
             running = count(study, (TrialState.RUNNING,))
             if finished + running >= spec.n_trials and not waiting:
                 # others hold the last trials; stay to pick up a retry if one of them dies
+                # (a journal file has no heartbeats: only the pid check finds a dead local worker)
+                recover_dead_local_trials(study, runner.tracker, stale)
                 optuna.storages.fail_stale_trials(study)
                 if count(study, (TrialState.RUNNING,)) == 0 and count(study, (TrialState.WAITING,)) == 0:
                     continue
