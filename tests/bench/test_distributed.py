@@ -89,12 +89,16 @@ def mlflow_server(pg, tmp_path_factory):
 # ----------------------------------------------------------------- helpers
 
 
-def study_file(tmp_path: Path, epochs: int = 1, limit: int = 1000) -> Path:
-    """studies/smoke.toml under a unique name (its own MLflow experiment), made smaller."""
+def study_file(tmp_path: Path, epochs: int = 1, limit: int = 1000, prune: bool = True) -> Path:
+    """studies/smoke.toml under a unique name (its own MLflow experiment), made smaller.
+
+    prune=False keeps every trial at full length, for tests that need workers to overlap.
+    """
     name = f"scale-{uuid.uuid4().hex[:8]}"
     text = SMOKE.read_text()
+    pruner = 'pruner = { type = "median", n_warmup_steps = 1, n_startup_trials = 2 }'
     for old, new in (('name = "smoke"', f'name = "{name}"'), ("epochs = 2", f"epochs = {epochs}"),
-                     ("limit = 2000", f"limit = {limit}")):
+                     ("limit = 2000", f"limit = {limit}"), (pruner, pruner if prune else 'pruner = { type = "none" }')):
         assert old in text, f"studies/smoke.toml changed: no {old!r}"
         text = text.replace(old, new)
     path = tmp_path / f"{name}.toml"
@@ -245,6 +249,7 @@ def check_study(storage, tracking: str, name: str, n_trials: int) -> tuple[optun
 
 
 @needs_postgres
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_workers_opening_an_empty_database_together_all_get_the_storage(new_db):
     """Every worker creates Optuna's tables on a fresh database; the racing ones must not fail."""
     for _ in range(2):
@@ -321,8 +326,14 @@ def dead_pid() -> int:
     return proc.pid
 
 
+@pytest.fixture(scope="module")
+def sqlite_store(tmp_path_factory) -> str:
+    """One sqlite MLflow store for the in-process tests (each study is its own experiment)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow-sqlite') / 'mlflow.db'}"
+
+
 @pytest.fixture
-def local_study(tmp_path):
+def local_study(tmp_path, sqlite_store):
     """A journal-file study with its parent run in a sqlite MLflow store, as one worker opens it."""
     from bench.spec import load_spec
     from bench.study import ensure_parent_run, open_study
@@ -330,7 +341,7 @@ def local_study(tmp_path):
 
     spec = load_spec(str(study_file(tmp_path)))
     study, created = open_study(spec, open_storage(StorageTarget("journal", str(tmp_path / "optuna.journal"))))
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", spec.name)
+    tracker = Tracker(sqlite_store, spec.name)
     parent = ensure_parent_run(study, created, spec, tracker)
     return spec, study, tracker, parent
 
@@ -416,6 +427,7 @@ def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
     raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
 
 
+@pytest.mark.slow  # ~40-50 s
 def test_a_waiting_worker_recovers_a_local_worker_killed_mid_trial(tmp_path, data_dir, workers):
     """Journal file, no heartbeats: B has run its share and waits on A's trial when A is SIGKILLed."""
     study, tracking = study_file(tmp_path), f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -439,3 +451,155 @@ def test_a_waiting_worker_recovers_a_local_worker_killed_mid_trial(tmp_path, dat
     _, trial_runs, _ = mlflow_runs(tracking, study_name(study))
     run = {r.info.run_id: r for r in trial_runs}[killed.user_attrs["mlflow_run_id"]]
     assert run.info.status == "FAILED" and "died mid-trial" in run.data.tags["fail_reason"]
+
+
+@needs_postgres
+def test_a_worker_killed_mid_trial_is_retried_and_its_run_closed(tmp_path, data_dir, new_db, mlflow_server, workers):
+    study, storage, url = study_file(tmp_path), new_db(), mlflow_server.url
+    a = workers(tmp_path, run_args(study, storage, url, 2, "--epochs", "500"), data_dir)
+    killed = wait_for_running_trial(storage, worker=a)
+    a.proc.send_signal(signal.SIGKILL)
+    assert a.wait(timeout=30) == -signal.SIGKILL
+    b = workers(tmp_path, run_args(study, storage, url, 2), data_dir)
+    assert b.wait() == 0, b.stderr()
+
+    study_obj, trial_runs = check_study(storage, url, study_name(study), 2)
+    dead = study_obj.trials[killed.number]
+    assert dead.state == TrialState.FAIL
+    (retry,) = [t for t in study_obj.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert retry.state in FINISHED and retry.params == dead.params
+    run = {r.info.run_id: r for r in trial_runs}[killed.user_attrs["mlflow_run_id"]]
+    assert run.info.status == "FAILED"
+    assert f":{a.pid} died mid-trial" in run.data.tags["fail_reason"]
+
+
+def open_transactions(dbname: str) -> list[str]:
+    """States of the sessions on a database that are inside a transaction."""
+    import psycopg
+
+    from tests.bench.services import PG_URL
+
+    with psycopg.connect(db_url("postgres", PG_URL), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT state FROM pg_stat_activity WHERE datname = %s AND state <> 'idle' AND pid <> pg_backend_pid()",
+            (dbname,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def freeze(worker: Worker, dbname: str) -> None:
+    """SIGSTOP the worker at a moment it holds no open transaction (no row lock the others would wait on)."""
+    for _ in range(50):
+        worker.proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.3)
+        if not open_transactions(dbname):
+            return
+        worker.proc.send_signal(signal.SIGCONT)
+        time.sleep(0.1)
+    raise AssertionError("could not stop the worker outside a transaction")
+
+
+@needs_postgres
+@pytest.mark.slow  # ~40-50 s
+def test_a_hung_worker_loses_its_trial_to_the_heartbeat(tmp_path, data_dir, new_db, mlflow_server, workers):
+    """A frozen worker (SIGSTOP: its pid lives, so only the heartbeat can tell) is failed after the grace period."""
+    from bench.storage import GRACE_PERIOD_S
+
+    study, storage, url = study_file(tmp_path), new_db(), mlflow_server.url
+    a = workers(tmp_path, run_args(study, storage, url, 2, "--epochs", "500"), data_dir)
+    hung = wait_for_running_trial(storage, worker=a)
+    freeze(a, storage.rsplit("/", 1)[1])
+    frozen_at = time.monotonic()
+    b = workers(tmp_path, run_args(study, storage, url, 2), data_dir)
+    try:
+        assert b.wait() == 0, b.stderr()
+    finally:
+        a.kill()
+    assert time.monotonic() - frozen_at > GRACE_PERIOD_S
+
+    study_obj, trial_runs = check_study(storage, url, study_name(study), 2)
+    assert study_obj.trials[hung.number].state == TrialState.FAIL
+    (retry,) = [t for t in study_obj.trials if t.system_attrs.get("failed_trial") == hung.number]
+    assert retry.state in FINISHED and retry.params == hung.params
+    assert retry.user_attrs["worker"].endswith(f":{b.pid}")
+    run = {r.info.run_id: r for r in trial_runs}[hung.user_attrs["mlflow_run_id"]]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["fail_reason"] == "worker stopped sending heartbeats"
+
+
+# ----------------------------------------------------------------- sharing a study
+
+
+def start_together(workers, n: int, cwd: Path, args: list[str], data_dir: str) -> list[Worker]:
+    return [workers(cwd, args, data_dir) for _ in range(n)]
+
+
+@needs_postgres
+def test_two_workers_share_a_study_on_postgres_and_an_mlflow_server(tmp_path, data_dir, new_db, mlflow_server, workers):
+    study, storage, url = study_file(tmp_path, epochs=20, limit=2000, prune=False), new_db(), mlflow_server.url
+    ws = start_together(workers, 2, tmp_path, run_args(study, storage, url, 4), data_dir)
+    for w in ws:
+        assert w.wait() == 0, w.stderr()
+    study_obj, trial_runs = check_study(storage, url, study_name(study), 4)
+    ran_by = {t.user_attrs["worker"].rsplit(":", 1)[1] for t in study_obj.trials if "worker" in t.user_attrs}
+    assert ran_by == {str(w.pid) for w in ws}
+    assert "study " + study_name(study) + ": 4/4 trials finished" in "".join(w.out.read_text() for w in ws)
+
+
+@needs_postgres
+@pytest.mark.slow  # ~40-50 s
+def test_four_workers_started_at_once_make_one_parent_run(tmp_path, data_dir, new_db, mlflow_server, workers):
+    """Four processes race to create the study, its tables and its parent run; nothing is made twice."""
+    study, storage, url = study_file(tmp_path), new_db(), mlflow_server.url
+    ws = start_together(workers, 4, tmp_path, run_args(study, storage, url, 6), data_dir)
+    for w in ws:
+        assert w.wait() == 0, w.stderr()
+    check_study(storage, url, study_name(study), 6)
+
+
+def test_local_workers_share_the_default_journal_and_a_sqlite_store(tmp_path, data_dir, workers):
+    """`--workers 2` with no --storage: two processes on ./optuna.journal in the working directory."""
+    # trials long enough that worker 0 is still busy when worker 1 has imported torch and loaded the data
+    study, tracking = study_file(tmp_path, epochs=40, limit=2000, prune=False), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    w = workers(tmp_path, run_args(study, None, tracking, 4, "--workers", "2"), data_dir)
+    assert w.wait() == 0, w.stderr()
+    study_obj, _ = check_study(journal(tmp_path / "optuna.journal"), tracking, study_name(study), 4)
+    ran_by = {t.user_attrs["worker"] for t in study_obj.trials if "worker" in t.user_attrs}
+    assert len(ran_by) == 2, ran_by
+
+
+# ----------------------------------------------------------------- services that are not there
+
+
+def closed_port_url(scheme: str) -> str:
+    return f"{scheme}://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
+
+
+def assert_one_line_error(w: Worker, needle: str) -> None:
+    assert w.wait(timeout=120) == 2
+    err = w.err.read_text().strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and needle in err, err
+    assert w.out.read_text() == ""
+
+
+@needs_postgres
+def test_an_unreachable_database_is_one_line_and_exit_2(tmp_path, data_dir, mlflow_server, workers):
+    study = study_file(tmp_path)
+    storage = closed_port_url("postgresql").replace("://", "://postgres@") + "/optuna"
+    w = workers(tmp_path, run_args(study, storage, mlflow_server.url, 2), data_dir)
+    assert_one_line_error(w, "cannot reach the Optuna storage")
+    import mlflow
+
+    assert mlflow.MlflowClient(mlflow_server.url).get_experiment_by_name(study_name(study)) is None
+
+
+@needs_postgres
+def test_an_unreachable_tracking_server_is_one_line_and_exit_2(tmp_path, data_dir, new_db, workers):
+    study, storage = study_file(tmp_path), new_db()
+    w = workers(tmp_path, run_args(study, storage, closed_port_url("http"), 2), data_dir)
+    assert_one_line_error(w, "cannot reach the MLflow tracking server")
+    import psycopg
+
+    with psycopg.connect(storage) as conn:  # nothing was written: not even Optuna's tables
+        assert conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'").fetchone() == (0,)
+
