@@ -28,6 +28,7 @@ FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 ACTIVE_STATES = (TrialState.RUNNING, TrialState.WAITING)
 PARENT_WAIT_S = 60  # how long a joining worker waits for the creator to make the parent run
 POLL_S = 2.0
+SETTLE_S = 2.0  # how long joiners that make a parent run together wait to see each other's
 
 
 def open_study(spec: StudySpec, storage, seed_offset: int = 0) -> tuple[optuna.Study, bool]:
@@ -85,22 +86,35 @@ def ensure_parent_run(study: optuna.Study, created: bool, spec: StudySpec, track
         if uid and (found := tracker.find_parent_run(spec.name, uid)):
             study.set_user_attr(PARENT_ATTR, found)
             return found
-        if uid and attrs.get(PARENT_ATTR):
-            # the study was tracked elsewhere (another tracking URI): start its record here
-            return _new_parent(study, spec, tracker, uid)
-        if time.monotonic() > deadline:
-            uid = uid or uuid.uuid4().hex
-            study.set_user_attr(UID_ATTR, uid)
-            return _new_parent(study, spec, tracker, uid)
+        if (uid and attrs.get(PARENT_ATTR)) or time.monotonic() > deadline:
+            # the study was tracked elsewhere (another tracking URI), or its creator died
+            # before making the parent: the joiners make it, agreeing on one
+            return _agreed_parent(study, spec, tracker, uid)
         time.sleep(0.5)
 
 
-def _new_parent(study: optuna.Study, spec: StudySpec, tracker: Tracker, uid: str) -> str:
+def _agreed_parent(study: optuna.Study, spec: StudySpec, tracker: Tracker, uid: str | None) -> str:
+    """A parent run made by joiners that may get here together: each makes one, all keep the first."""
+    if not uid:
+        study.set_user_attr(UID_ATTR, uuid.uuid4().hex)
+        time.sleep(SETTLE_S)
+        uid = study.user_attrs[UID_ATTR]  # the last writer's, the same for all
+    mine = _new_parent(study, spec, tracker, uid, publish=False)
+    time.sleep(SETTLE_S)  # long enough for the others' runs to be visible
+    first = tracker.find_parent_run(spec.name, uid) or mine
+    if first != mine:
+        tracker.delete_run(mine)
+    study.set_user_attr(PARENT_ATTR, first)
+    return first
+
+
+def _new_parent(study: optuna.Study, spec: StudySpec, tracker: Tracker, uid: str, publish: bool = True) -> str:
     files = {f"study/{spec.path.name if spec.path else spec.name + '.toml'}": spec.text or ""}
     rid = tracker.create_parent_run(
         spec.name, study_params(spec), {"optuna_study_uid": uid, "git_commit": git_commit()}, files
     )
-    study.set_user_attr(PARENT_ATTR, rid)
+    if publish:
+        study.set_user_attr(PARENT_ATTR, rid)
     return rid
 
 

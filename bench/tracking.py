@@ -171,6 +171,10 @@ class Tracker:
         )
         return runs[0].info.run_id if runs else None
 
+    def delete_run(self, run_id: str) -> None:
+        """Move a run to MLflow's trash (a duplicate parent made by a racing worker)."""
+        self.client.delete_run(run_id)
+
     def set_status(self, run_id: str, status: str) -> None:
         """Mark a run RUNNING, FINISHED, FAILED or KILLED."""
         if status == "RUNNING":

@@ -603,3 +603,37 @@ def test_an_unreachable_tracking_server_is_one_line_and_exit_2(tmp_path, data_di
     with psycopg.connect(storage) as conn:  # nothing was written: not even Optuna's tables
         assert conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'").fetchone() == (0,)
 
+
+@needs_postgres
+def test_workers_resuming_a_study_tracked_elsewhere_agree_on_one_new_parent(tmp_path, mlflow_server):
+    """The stored parent run id is unknown to this server: joiners that start together make one parent, not four."""
+    from bench.spec import load_spec
+    from bench.study import PARENT_ATTR, UID_ATTR, ensure_parent_run, open_study
+    from bench.tracking import Tracker
+
+    spec = load_spec(str(study_file(tmp_path)))
+    path = tmp_path / "optuna.journal"
+    study, _ = open_study(spec, journal(path))
+    study.set_user_attr(UID_ATTR, uuid.uuid4().hex)
+    study.set_user_attr(PARENT_ATTR, uuid.uuid4().hex)  # a run on another tracking server
+    barrier, parents, errors = threading.Barrier(4), [], []
+
+    def join() -> None:
+        try:
+            joined, created = open_study(spec, journal(path))
+            tracker = Tracker(mlflow_server.url, spec.name)
+            barrier.wait()
+            parents.append((created, ensure_parent_run(joined, created, spec, tracker)))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted on
+            errors.append(exc)
+
+    threads = [threading.Thread(target=join) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert {p for _, p in parents} == {load(journal(path)).user_attrs[PARENT_ATTR]}
+    assert [created for created, _ in parents] == [False] * 4
+    active, _, _ = mlflow_runs(mlflow_server.url, spec.name)
+    assert [r.info.run_id for r in active] == [parents[0][1]]
