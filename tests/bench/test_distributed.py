@@ -230,6 +230,11 @@ def check_study(storage, tracking: str, name: str, n_trials: int) -> tuple[optun
     assert len(parents) == 1, [r.info.run_id for r in parents]
     parent = parents[0]
     assert parent.info.status == "FINISHED"
+    # finalized once: the summary's metrics were logged by one worker only
+    import mlflow
+
+    history = mlflow.MlflowClient(tracking).get_metric_history(parent.info.run_id, "trials/complete")
+    assert len(history) == 1, history
     assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
     assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
     for r in trial_runs:
