@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import subprocess
 import tempfile
 import time
@@ -115,22 +116,35 @@ class Tracker:
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we print one summary
         self.uri = uri
         mlflow.set_tracking_uri(uri)
-        self.client = mlflow.MlflowClient(uri)
-        self.experiment_id = self._experiment(experiment)
+        self._open(experiment)  # sets self.client and self.experiment_id
 
-    def _experiment(self, name: str) -> str:
-        """Get or create the experiment; tolerate another worker creating it at the same moment."""
-        for attempt in range(5):
-            exp = self.client.get_experiment_by_name(name)
-            if exp is not None:
+    def _open(self, name: str) -> None:
+        """Connect and get or create the experiment, tolerating workers doing either at the same moment.
+
+        Workers that start together on a new sqlite store would race to create and migrate its
+        tables (an interrupted migration leaves the store unusable): that is done under a file
+        lock. They also race to create the experiment: a retry finds it made.
+        """
+        mlflow = _mlflow()
+        last: Exception | None = None
+        for attempt in range(8):
+            try:
+                with _store_lock(self.uri):  # a new sqlite store is created and migrated here
+                    self.client = mlflow.MlflowClient(self.uri)
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    location = self._artifact_location(name)
+                    self.experiment_id = self.client.create_experiment(name, artifact_location=location)
+                    return
                 if exp.lifecycle_stage == "deleted":
                     self.client.restore_experiment(exp.experiment_id)
-                return exp.experiment_id
-            try:
-                return self.client.create_experiment(name, artifact_location=self._artifact_location(name))
-            except Exception:  # created concurrently: read it back
-                time.sleep(0.2 * (attempt + 1))
-        raise BenchError(f"cannot create or find the MLflow experiment {name!r} at {self.uri}")
+                self.experiment_id = exp.experiment_id
+                return
+            except Exception as exc:  # noqa: BLE001 - made concurrently: look again
+                last = exc
+                time.sleep(0.25 * (attempt + 1) + random.random() / 2)
+        first = (str(last).strip().splitlines() or [type(last).__name__])[0]
+        raise BenchError(f"cannot create or find the MLflow experiment {name!r} at {self.uri} ({first})")
 
     def _artifact_location(self, name: str) -> str | None:
         """For a SQLite store, artifacts go beside the database (MLflow's default is ./mlruns
@@ -306,6 +320,25 @@ class ChildRun:
         if checkpoint is not None:
             self.tracker.log_file(self.run_id, checkpoint, "checkpoint")
         return info.model_uri
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Hold `<db>.lock` beside a sqlite store, so that one process at a time creates or migrates it."""
+    path = uri[len("sqlite:///") :].split("?", 1)[0] if uri.startswith("sqlite:///") else ""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        path = ""
+    if not path or path == ":memory:":
+        yield
+        return
+    with open(f"{path}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _param(key: str, value: Any):

@@ -642,3 +642,25 @@ def test_workers_resuming_a_study_tracked_elsewhere_agree_on_one_new_parent(tmp_
     assert [created for created, _ in parents] == [False] * 4
     active, _, _ = mlflow_runs(mlflow_server.url, spec.name)
     assert [r.info.run_id for r in active] == [parents[0][1]]
+
+
+OPEN_TRACKER_AT = """
+import sys, time
+from bench.tracking import Tracker
+start = float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.002)
+Tracker(sys.argv[1], "race")
+print("ok")
+"""
+
+
+def test_workers_starting_together_on_a_new_sqlite_store_all_open_it(tmp_path):
+    """Two `python -m bench.run` in one folder share ./mlflow.db: creating its tables must not race."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    uri, start = f"sqlite:///{tmp_path / 'mlflow.db'}", time.time() + 8  # once every process has imported mlflow
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_TRACKER_AT, uri, str(start)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-600:] for _, err in outs]
+    assert [out.strip() for out, _ in outs] == ["ok"] * 3
