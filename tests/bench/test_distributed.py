@@ -184,7 +184,7 @@ def load(storage) -> optuna.Study:
     return optuna.load_study(study_name=summaries[0].study_name, storage=storage)
 
 
-def wait_for_running_trial(storage: str, timeout_s: float = 180.0, worker: Worker | None = None) -> optuna.trial.FrozenTrial:
+def wait_for_running_trial(storage, timeout_s: float = 180.0, worker: Worker | None = None) -> optuna.trial.FrozenTrial:
     """Poll until a trial is RUNNING and has its MLflow run (so killing now leaves a run to close)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -192,7 +192,7 @@ def wait_for_running_trial(storage: str, timeout_s: float = 180.0, worker: Worke
             raise AssertionError(f"worker exited with {worker.proc.returncode} before a trial ran:\n{worker.stderr()}")
         try:
             study = load(storage)
-        except Exception:  # no tables or no study yet  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - no tables or no study yet
             time.sleep(0.5)
             continue
         running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "mlflow_run_id" in t.user_attrs]
@@ -217,6 +217,8 @@ def mlflow_runs(tracking: str, experiment: str):
 
 def check_study(storage, tracking: str, name: str, n_trials: int) -> tuple[optuna.Study, list]:
     """What every shared study must look like at the end; returns the study and its trial runs."""
+    import mlflow
+
     study = load(storage)
     assert study.study_name == name
     finished = study.get_trials(states=FINISHED)
@@ -231,8 +233,6 @@ def check_study(storage, tracking: str, name: str, n_trials: int) -> tuple[optun
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     # finalized once: the summary's metrics were logged by one worker only
-    import mlflow
-
     history = mlflow.MlflowClient(tracking).get_metric_history(parent.info.run_id, "trials/complete")
     assert len(history) == 1, history
     assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
