@@ -256,7 +256,7 @@ def test_child_run_finishes_with_params_and_parent(tracker, parent_id):
     "exc, outcome, status, reason",
     [
         (RuntimeError("boom"), None, "FAILED", "RuntimeError: boom"),
-        (KeyboardInterrupt(), None, "FAILED", "KeyboardInterrupt: "),
+        (KeyboardInterrupt(), None, "KILLED", "KeyboardInterrupt: "),  # SIGINT, or SIGTERM via bench.run
         (optuna.TrialPruned("pruned at epoch 1"), ("KILLED", "pruned at epoch 1"), "KILLED", "pruned at epoch 1"),
     ],
     ids=["error", "interrupt", "pruned"],
