@@ -36,7 +36,7 @@ def test_latent_study_searches_size_width_and_kl_weight():
     assert (width.type, width.low, width.high, width.log) == ("int", 64, 1024, True)
     assert (beta.type, beta.low, beta.high, beta.log) == ("float", 0.25, 4.0, True)
     assert spec.latent_sizes == (2, 4, 8, 16, 32, 64)
-    assert spec.n_trials == 18 and spec.train.epochs == 8
+    assert spec.n_trials == 16 and spec.train.epochs == 8
     assert (spec.pruner.type, spec.pruner.n_warmup_steps, spec.pruner.n_startup_trials) == ("median", 2, 4)
     assert spec.baselines.models == ("ae", "pca")
 
