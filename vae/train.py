@@ -36,6 +36,7 @@ class TrainConfig:
     lr: float = 1e-3  # Adam learning rate
     seed: int = 0  # seeds shuffling, binarization and z noise; weights: seed_everything(seed) before build_model
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls, fp32 weights and loss
+    compile: bool = False  # torch.compile the model's loss (forward and backward); first steps compile
 
     def __post_init__(self) -> None:
         for name, low, high in (("epochs", 1, 100_000), ("batch_size", 1, 1_000_000), ("seed", 0, 2**32 - 1)):
@@ -46,6 +47,8 @@ class TrainConfig:
             raise ValueError(f"lr must be a number in (0, 10], got {self.lr!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False, got {self.compile!r}")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -95,6 +98,17 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
 
 
+def compiled_loss(model: nn.Module) -> Callable[..., dict[str, torch.Tensor]]:
+    """model.loss through torch.compile (inductor): forward and backward each become a few fused kernels.
+
+    Shapes are static: the first full batch and a smaller last batch each compile
+    once (tens of seconds on a CPU), and a new model compiles again. Random draws
+    inside the graph (the reparameterization noise) come from inductor's generator,
+    seeded from torch's, so a run repeats for a seed but differs from the eager one.
+    """
+    return torch.compile(model.loss, dynamic=False)
+
+
 def fit(
     model: nn.Module,
     data: Datasets,
@@ -121,9 +135,12 @@ def fit(
     history: list[dict[str, float]] = []
     n_batches = math.ceil(len(train) / config.batch_size)
 
+    loss_fn = compiled_loss(model) if config.compile else model.loss
+
     for epoch in range(1, config.epochs + 1):
         model.train()
-        sums: dict[str, torch.Tensor] = {}
+        keys: list[str] = []  # the reported terms, in the model's order
+        sums: torch.Tensor | None = None  # (len(keys),) batch-size-weighted sums of those terms
         seen = 0
         bar = tqdm(
             train.batches(config.batch_size, shuffle=True, generator=shuffle_gen),
@@ -135,22 +152,25 @@ def fit(
         )
         for step, xb in enumerate(bar):
             with autocast(device, config.precision):
-                terms = model.loss(xb)
+                terms = loss_fn(xb)
             loss = terms["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             b = xb.shape[0]
             with torch.no_grad():
-                for k, v in terms.items():
-                    if k != "loss":
-                        sums[k] = sums[k] + v.detach() * b if k in sums else v.detach() * b
+                # two small ops a step and no host sync: the epoch's sums stay on the device
+                if not keys:
+                    keys = [k for k in terms if k != "loss"]
+                batch_terms = torch.stack([terms[k].detach() for k in keys])
+                sums = batch_terms * b if sums is None else sums.add_(batch_terms, alpha=b)
             seen += b
             if step % NONFINITE_CHECK_EVERY == 0 or step == n_batches - 1:
                 value = loss.item()
                 if not math.isfinite(value):
                     raise NonFiniteLossError(epoch, step, value)
-        metrics = {f"train/{k}": (v / seen).item() for k, v in sums.items()}
+        means = (sums / seen).tolist() if sums is not None else []
+        metrics = {f"train/{k}": v for k, v in zip(keys, means)}
         if len(val):
             metrics |= {f"val/{k}": v for k, v in elbo_metrics(model, val.x, eval_batch_size, seed=config.seed).items()}
         history.append(metrics)
