@@ -190,3 +190,23 @@ def restore_mlflow_uri() -> Iterator[None]:
     import mlflow
 
     mlflow.set_tracking_uri(before)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for in-process training: two OpenMP threads fighting other processes
+    on a shared 2-core machine are 10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """2,000 training, 500 validation and 1,000 test MNIST images (dynamic binarization)."""
+    from vae.data import DataConfig, load_data
+
+    return load_data(DataConfig(limit=2000, val_size=500, test_limit=1000))

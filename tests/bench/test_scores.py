@@ -19,18 +19,7 @@ from vae.model import ModelConfig, build_model
 from vae.train import TrainConfig, fit, seed_everything
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # two OpenMP threads fighting other processes on a shared 2-core machine are 10x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_data(DataConfig(limit=2000, val_size=500, test_limit=1000))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
