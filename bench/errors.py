@@ -9,6 +9,7 @@ import sys
 from typing import Callable, NoReturn
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 class BenchError(Exception):
@@ -22,13 +23,16 @@ def fail(message: str) -> NoReturn:
 
 
 def cli_main(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
-    """Wrap a CLI main so that a BenchError becomes one line and exit code 2, without a traceback."""
+    """Wrap a CLI main: a BenchError becomes one line and exit code 2, an interrupt exit 130, no traceback."""
 
     def wrapped(argv: list[str] | None = None) -> int:
         try:
             return main(argv)
         except BenchError as exc:
             fail(str(exc))
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM before a study loop could handle it
+            print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
 
     wrapped.__doc__ = main.__doc__
     return wrapped

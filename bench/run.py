@@ -234,6 +234,7 @@ def print_summary(out: Outcome, uri: str) -> None:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # from the start: SIGTERM is a clean stop
     args = build_parser().parse_args(argv)
     v = validate(args)
     out = execute(args, argv, v)
