@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vae.data import Datasets
+from vae.denormal import denormals_flushed
 from vae.evaluate import elbo_metrics
 from vae.model import ModelConfig, build_model
 
@@ -37,6 +38,7 @@ class TrainConfig:
     seed: int = 0  # seeds shuffling, binarization and z noise; weights: seed_everything(seed) before build_model
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls, fp32 weights and loss
     compile: bool = False  # torch.compile the model's loss (forward and backward); first steps compile
+    flush_denormal: bool = True  # on a CPU, treat subnormal floats as 0 while training (vae.denormal says why)
 
     def __post_init__(self) -> None:
         for name, low, high in (("epochs", 1, 100_000), ("batch_size", 1, 1_000_000), ("seed", 0, 2**32 - 1)):
@@ -47,8 +49,9 @@ class TrainConfig:
             raise ValueError(f"lr must be a number in (0, 10], got {self.lr!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"compile must be True or False, got {self.compile!r}")
+        for name in ("compile", "flush_denormal"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -137,45 +140,46 @@ def fit(
 
     loss_fn = compiled_loss(model) if config.compile else model.loss
 
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        keys: list[str] = []  # the reported terms, in the model's order
-        sums: torch.Tensor | None = None  # (len(keys),) batch-size-weighted sums of those terms
-        seen = 0
-        bar = tqdm(
-            train.batches(config.batch_size, shuffle=True, generator=shuffle_gen),
-            total=n_batches,
-            desc=f"epoch {epoch}/{config.epochs}",
-            disable=not progress,
-            leave=False,
-            unit="batch",
-        )
-        for step, xb in enumerate(bar):
-            with autocast(device, config.precision):
-                terms = loss_fn(xb)
-            loss = terms["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            b = xb.shape[0]
-            with torch.no_grad():
-                # two small ops a step and no host sync: the epoch's sums stay on the device
-                if not keys:
-                    keys = [k for k in terms if k != "loss"]
-                batch_terms = torch.stack([terms[k].detach() for k in keys])
-                sums = batch_terms * b if sums is None else sums.add_(batch_terms, alpha=b)
-            seen += b
-            if step % NONFINITE_CHECK_EVERY == 0 or step == n_batches - 1:
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise NonFiniteLossError(epoch, step, value)
-        means = (sums / seen).tolist() if sums is not None else []
-        metrics = {f"train/{k}": v for k, v in zip(keys, means)}
-        if len(val):
-            metrics |= {f"val/{k}": v for k, v in elbo_metrics(model, val.x, eval_batch_size, seed=config.seed).items()}
-        history.append(metrics)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics)
+    with denormals_flushed(config.flush_denormal and device.type == "cpu"):
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            keys: list[str] = []  # the reported terms, in the model's order
+            sums: torch.Tensor | None = None  # (len(keys),) batch-size-weighted sums of those terms
+            seen = 0
+            bar = tqdm(
+                train.batches(config.batch_size, shuffle=True, generator=shuffle_gen),
+                total=n_batches,
+                desc=f"epoch {epoch}/{config.epochs}",
+                disable=not progress,
+                leave=False,
+                unit="batch",
+            )
+            for step, xb in enumerate(bar):
+                with autocast(device, config.precision):
+                    terms = loss_fn(xb)
+                loss = terms["loss"]
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                b = xb.shape[0]
+                with torch.no_grad():
+                    # two small ops a step and no host sync: the epoch's sums stay on the device
+                    if not keys:
+                        keys = [k for k in terms if k != "loss"]
+                    batch_terms = torch.stack([terms[k].detach() for k in keys])
+                    sums = batch_terms * b if sums is None else sums.add_(batch_terms, alpha=b)
+                seen += b
+                if step % NONFINITE_CHECK_EVERY == 0 or step == n_batches - 1:
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise NonFiniteLossError(epoch, step, value)
+            means = (sums / seen).tolist() if sums is not None else []
+            metrics = {f"train/{k}": v for k, v in zip(keys, means)}
+            if len(val):
+                metrics |= {f"val/{k}": v for k, v in elbo_metrics(model, val.x, eval_batch_size, seed=config.seed).items()}
+            history.append(metrics)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, metrics)
     model.eval()
     return history
 
