@@ -14,15 +14,17 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vae.data import DataConfig, DataError, Datasets, check_data, load_data
+from vae.denormal import flush_denormal, flush_denormal_enabled
 from vae.evaluate import elbo_metrics
 from vae.model import ModelConfig, build_model
 from vae.train import TrainConfig, fit, make_optimizer
@@ -223,8 +225,10 @@ class ExamplesTrainer:
         from torchvision import datasets, transforms  # torchvision loads slowly; only when the reference runs
 
         dataset = datasets.MNIST(str(root), train=True, download=False, transform=transforms.ToTensor())
+        test_set = datasets.MNIST(str(root), train=False, download=False, transform=transforms.ToTensor())
         # on a CPU pytorch/examples passes no worker or pinning arguments: batches load in the main process
         self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
+        self.test_loader = torch.utils.data.DataLoader(test_set, batch_size=batch_size, shuffle=False)
         self.model = ExamplesVAE()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
 
@@ -243,6 +247,16 @@ class ExamplesTrainer:
             train_loss += loss.item()
             self.optimizer.step()
         return train_loss / len(self.loader.dataset)
+
+    @torch.no_grad()
+    def test_loss(self) -> float:
+        """main.py's test(): the same loss (z sampled) summed over the test set, per image."""
+        self.model.eval()
+        total = 0.0
+        for data, _ in self.test_loader:
+            recon_batch, mu, logvar = self.model(data)
+            total += examples_loss(recon_batch, data, mu, logvar).item()
+        return total / len(self.test_loader.dataset)
 
 
 # ---------------------------------------------------------------- measurements
@@ -335,13 +349,37 @@ def time_interleaved(
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
         fit_t.append(watch[0].stop())
-        ref_watch = Stopwatch()
-        reference.train_epoch()
-        ref_t.append(ref_watch.stop())
+        with denormals_kept():  # pytorch/examples does not flush subnormals; fit does while it trains
+            ref_watch = Stopwatch()
+            reference.train_epoch()
+            ref_t.append(ref_watch.stop())
         watch[0] = Stopwatch()
 
     fit(model, data, replace(train_config, epochs=warmup + epochs), "cpu", on_epoch_end=on_epoch_end, progress=False)
     return fit_t[warmup:], ref_t[warmup:]
+
+
+@contextmanager
+def denormals_kept() -> Iterator[None]:
+    """Subnormal floats computed as such inside the block, whatever the caller had set."""
+    flushing = flush_denormal_enabled()
+    if flushing:
+        flush_denormal(False)
+    try:
+        yield
+    finally:
+        if flushing:
+            flush_denormal(True)
+
+
+def reference_quality(root: Path, train_config: TrainConfig, epochs: int = QUALITY_EPOCHS) -> dict[str, float]:
+    """pytorch/examples' own loop for `epochs`, seeded with train_config.seed: its test loss, as main.py prints it."""
+    torch.manual_seed(train_config.seed)
+    reference = ExamplesTrainer(root, train_config.batch_size, train_config.lr)
+    with denormals_kept():
+        for _ in range(epochs):
+            train_loss = reference.train_epoch()
+        return {"epochs": epochs, "seed": train_config.seed, "train_loss": train_loss, "test_loss": reference.test_loss()}
 
 
 def quality_check(data: Datasets, train_config: TrainConfig, epochs: int = QUALITY_EPOCHS) -> dict[str, float]:
@@ -351,6 +389,7 @@ def quality_check(data: Datasets, train_config: TrainConfig, epochs: int = QUALI
     test = elbo_metrics(model, data.test.x, seed=train_config.seed)
     return {
         "epochs": epochs,
+        "seed": train_config.seed,
         "train_loss": -history[-1]["train/elbo"],
         "test_loss": -test["elbo"],
         "test_recon_bce": test["recon_bce"],
@@ -393,7 +432,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     root = check_data("mnist", args.data_dir)
     data = load_data(REFERENCE_DATA, root)
     info = machine_info()
-    train_config = replace(REFERENCE_TRAIN, compile=args.compile)
+    train_config = replace(REFERENCE_TRAIN, compile=args.compile, flush_denormal=args.flush_denormal, seed=args.seed)
     rate_precisions = ("fp32", "bf16") if bf16_supported() or "bf16" in precisions else ("fp32",)
     # rates and Adam are measured before and after the training runs and the better one kept:
     # another process can only slow a measurement down
@@ -417,6 +456,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         runs[p]["floor_plus_adam_s"] = runs[p]["floor_s"] + adam_epoch_s
         if args.quality:
             runs[p]["quality"] = quality_check(data, replace(train_config, precision=p))
+    reference_q = reference_quality(root, train_config) if args.quality else None
 
     main_run = runs[precisions[0]]
     return {
@@ -427,6 +467,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "batch_size": train_config.batch_size,
             "lr": train_config.lr,
             "compile": train_config.compile,
+            "flush_denormal": train_config.flush_denormal,
+            "seed": train_config.seed,
             "timed_epochs": args.epochs,
             "warmup_epochs": args.warmup,
         },
@@ -438,6 +480,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "floor_rate": "model: the step's own GEMM shapes, fp32 unless the run is bf16 (see gemm_gflops)",
         **{k: v for k, v in main_run.items() if k not in ("epochs_s", "reference_epochs_s", "others_cpu_share", "quality")},
         "runs": runs,
+        "reference_quality": reference_q,
         "targets": {
             "speedup_vs_reference": f">= {SPEEDUP_TARGET}",
             "ratio_to_floor": f"<= {FLOOR_RATIO_TARGET} (fp32), or bf16 faster than the fp32 floor at equal quality",
@@ -509,6 +552,13 @@ def format_table(result: dict[str, object]) -> str:
                 + _met(q["test_loss"] <= QUALITY_TARGET)
                 + f"   (pytorch/examples: {EXAMPLES_QUALITY})"
             )
+    rq = result.get("reference_quality")
+    if rq:
+        lines += [
+            "",
+            f"pytorch/examples loop, same seed ({rq['seed']}): test loss after {rq['epochs']} epochs "
+            f"{rq['test_loss']:.2f}   target <= {QUALITY_TARGET}: " + _met(rq["test_loss"] <= QUALITY_TARGET),
+        ]
     return "\n".join(lines)
 
 
@@ -532,6 +582,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train with TrainConfig(compile=True), torch.compile of the model's loss (default: off)",
     )
     parser.add_argument(
+        "--flush-denormal", action=argparse.BooleanOptionalAction, default=True,
+        help="fit with TrainConfig(flush_denormal=...): subnormal floats as 0 while training; "
+        "the reference loop never flushes (default: on, as fit)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=REFERENCE_TRAIN.seed,
+        help=f"seed of the weights, shuffling and noise of fit and of the reference (default: {REFERENCE_TRAIN.seed})",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)"
     )
     parser.add_argument(
@@ -541,10 +600,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--quality", action="store_true",
-        help=f"also train {QUALITY_EPOCHS} epochs per precision and report the test loss (default: off)",
+        help=f"also train {QUALITY_EPOCHS} epochs per precision, and the reference loop {QUALITY_EPOCHS} epochs, "
+        "and report their test losses (default: off)",
     )
     args = parser.parse_args(argv)
-    for name, low in (("epochs", 1), ("warmup", 0), ("threads", 1)):
+    for name, low in (("epochs", 1), ("warmup", 0), ("threads", 1), ("seed", 0)):
         v = getattr(args, name)
         if v is not None and v < low:
             parser.error(f"--{name} must be at least {low}, got {v}")
