@@ -30,6 +30,9 @@ SUGGEST: dict[str, Callable[[optuna.Trial, SearchParam], Any]] = {
 }
 
 
+COVERAGE_ATTR = "coverage"  # user attr of the queued trials that cover a parameter's choices: never pruned
+
+
 class SurplusTrial(Exception):
     """Another worker already started the last trial the study needs; this one does not run."""
 
@@ -91,9 +94,11 @@ class TrialRunner:
         self._check_budget(trial)
         model_cfg, train_cfg = suggest_configs(trial, spec)
         trial.set_user_attr("worker", worker_id())
+        covered = bool(trial.user_attrs.get(COVERAGE_ATTR))
         tags = {
             ROLE_TAG: "trial",
             "trial_number": trial.number,
+            "coverage": str(covered).lower(),
             **run_tags(spec, self.data, self.device, "vae", model_cfg.latent_dim),
         }
         with self.tracker.child_run(
@@ -106,7 +111,7 @@ class TrialRunner:
             def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
                 run.log_metrics(metrics, step=epoch)
                 trial.report(metrics[spec.metric], epoch)
-                if trial.should_prune():
+                if not covered and trial.should_prune():
                     reason = f"pruned by the {spec.pruner.type} pruner at epoch {epoch}"
                     run.outcome = ("KILLED", reason)
                     run.set_tags({"optuna_state": "PRUNED"})

@@ -75,9 +75,14 @@ class SearchParam:
     high: float | int | None = None
     log: bool = False
     step: float | int | None = None
+    cover: bool = False  # categorical only: one trial per choice first, each run in full (never pruned)
 
     def __post_init__(self) -> None:
         where = f"search.{self.name}"
+        if not isinstance(self.cover, bool):
+            raise ValueError(f"[{where}]: cover must be true or false, got {self.cover!r}")
+        if self.cover and self.type != "categorical":
+            raise ValueError(f"[{where}]: cover = true needs type = 'categorical' (one trial per choice)")
         if self.name not in MODEL_FIELDS | TRAIN_FIELDS:
             allowed = ", ".join(sorted(MODEL_FIELDS | TRAIN_FIELDS))
             raise ValueError(f"[{where}]: {self.name!r} is not a config field; searchable fields: {allowed}")
@@ -197,6 +202,9 @@ class StudySpec:
             isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or self.timeout_s <= 0
         ):
             raise ValueError(f"study.timeout_s must be a positive number of seconds, got {self.timeout_s!r}")
+        covered = [p.name for p in self.search if p.cover]
+        if len(covered) > 1:
+            raise ValueError(f"cover = true on {', '.join(covered)}: at most one searched parameter may be covered")
         if self.sampler.type == "grid":
             for p in self.search:
                 try:
@@ -207,6 +215,11 @@ class StudySpec:
     @property
     def searched(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.search)
+
+    @property
+    def coverage_trials(self) -> list[dict[str, Any]]:
+        """The fixed parameters of the trials queued first: one per choice of the covered parameter."""
+        return [{p.name: c} for p in self.search if p.cover for c in p.choices]
 
     @property
     def latent_sizes(self) -> tuple[int, ...]:

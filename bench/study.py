@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from bench.errors import BenchError
-from bench.objective import SurplusTrial, TrialRunner
+from bench.objective import COVERAGE_ATTR, SurplusTrial, TrialRunner
 from bench.spec import StudySpec
 from bench.storage import StaleTrialHandler, make_pruner, make_sampler, pid_alive, worker_id
 from bench.tracking import Tracker, git_commit
@@ -41,6 +41,7 @@ def open_study(spec: StudySpec, storage, seed_offset: int = 0) -> tuple[optuna.S
         study = optuna.create_study(
             storage=storage, study_name=spec.name, direction=spec.direction, sampler=sampler, pruner=pruner
         )
+        enqueue_coverage(study, spec)
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
         # A joining or resuming worker seeded like the creator would propose the creator's
@@ -55,6 +56,16 @@ def open_study(spec: StudySpec, storage, seed_offset: int = 0) -> tuple[optuna.S
         return study, False
 
 
+def enqueue_coverage(study: optuna.Study, spec: StudySpec) -> None:
+    """Queue one trial per choice of the covered parameter, so every choice is trained in full once.
+
+    Only the creating worker calls this, once; the sampler fills in the other parameters,
+    and the objective does not prune these trials (COVERAGE_ATTR).
+    """
+    for params in spec.coverage_trials:
+        study.enqueue_trial(params, user_attrs={COVERAGE_ATTR: True})
+
+
 def study_params(spec: StudySpec) -> dict[str, object]:
     return {
         "n_trials": spec.n_trials,
@@ -64,6 +75,7 @@ def study_params(spec: StudySpec) -> dict[str, object]:
         "sampler_seed": spec.sampler.seed,
         "pruner": spec.pruner.type,
         "searched": ",".join(spec.searched) or "(none)",
+        "covered": ",".join(p.name for p in spec.search if p.cover) or "(none)",
         "epochs": spec.train.epochs,
         "dataset": spec.data.dataset,
         "binarize": spec.data.binarize,

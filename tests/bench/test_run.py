@@ -158,6 +158,33 @@ def test_two_dimensional_latents_get_their_pictures(faults, tmp_path):
     assert width >= 300 and height >= 300
 
 
+# ------------------------------------------------------------------ coverage of a categorical parameter
+
+
+def test_covered_choices_each_run_in_full_first_and_are_never_pruned(tmp_path):
+    require_mnist()
+    run = StudyRun(tmp_path, "cover")
+    run.run(TEST_STUDIES / "cover.toml")
+    rec = run.record()
+    first, covered_small, searched = rec.trials
+    assert [first.params["latent_dim"], covered_small.params["latent_dim"]] == [16, 1]  # the queue, in order
+    assert first.user_attrs["coverage"] is True and covered_small.user_attrs["coverage"] is True
+    assert "coverage" not in searched.user_attrs
+    # the pruner would have stopped latent 1 at epoch 1 (below the one finished trial); coverage ran it in full
+    assert covered_small.intermediate_values[1] < first.intermediate_values[1]
+    assert covered_small.state == TrialState.COMPLETE
+    assert sorted(covered_small.intermediate_values) == [1, 2]
+    assert "test/elbo" in rec.child(1).data.metrics
+    assert [rec.child(n).data.tags["coverage"] for n in (0, 1, 2)] == ["true", "true", "false"]
+    assert rec.parent.data.params["covered"] == "latent_dim"
+
+    run.run(TEST_STUDIES / "cover.toml", "--n-trials", "4")  # a resume queues nothing again
+    again = run.record()
+    assert [t.number for t in again.trials] == [0, 1, 2, 3]
+    assert "coverage" not in again.trials[3].user_attrs
+    assert all(t.state in FINISHED_STATUS for t in again.trials)
+
+
 # ------------------------------------------------------------------ bad input
 
 

@@ -36,6 +36,8 @@ def test_latent_study_searches_size_width_and_kl_weight():
     assert (width.type, width.low, width.high, width.log) == ("int", 64, 1024, True)
     assert (beta.type, beta.low, beta.high, beta.log) == ("float", 0.25, 4.0, True)
     assert spec.latent_sizes == (2, 4, 8, 16, 32, 64)
+    assert latent.cover and not width.cover and not beta.cover
+    assert spec.coverage_trials == [{"latent_dim": d} for d in (2, 4, 8, 16, 32, 64)]
     assert spec.n_trials == 16 and spec.train.epochs == 8
     assert (spec.pruner.type, spec.pruner.n_warmup_steps, spec.pruner.n_startup_trials) == ("median", 2, 4)
     assert spec.baselines.models == ("ae", "pca")
@@ -181,6 +183,13 @@ def test_defaults_apply_to_a_minimal_file():
         ({"train": {"lr": 0}}, r"\[train\] lr must be a number in \(0, 10\]"),
         ({"data": {"binarize": "static"}}, r"\[data\] binarize must be 'none' or 'dynamic'"),
         ({"model": []}, r"\[model\] must be a table"),
+        ({"search": {"beta": {"type": "float", "low": 1.0, "high": 2.0, "cover": True}}}, r"cover = true needs type = 'categorical'"),
+        ({"search": {"latent_dim": {"type": "categorical", "choices": [2], "cover": 1}}}, r"cover must be true or false"),
+        (
+            {"search": {"latent_dim": {"type": "categorical", "choices": [2, 4], "cover": True},
+                        "hidden_width": {"type": "categorical", "choices": [32, 64], "cover": True}}},
+            r"at most one searched parameter may be covered",
+        ),
     ],
 )
 def test_inconsistent_study_is_refused_with_the_key(change, message):
