@@ -34,9 +34,8 @@ def finalize(
     run_comparison(study, spec, tracker, parent_run_id, data, device, progress)
     out = default_dir(spec, report_dir)
     report = make_report(tracker, spec.name, parent_run_id, out)
-    if progress:
-        import pandas as pd
+    import pandas as pd  # the table is the result: printed with or without progress bars
 
-        with pd.option_context("display.width", 160, "display.max_columns", 20):
-            print("\n" + report.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        print(f"report: {out}/comparison.md")
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print("\n" + report.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"report: {out}/comparison.md")
