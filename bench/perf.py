@@ -384,6 +384,7 @@ def reference_quality(root: Path, train_config: TrainConfig, epochs: int = QUALI
 
 def quality_check(data: Datasets, train_config: TrainConfig, epochs: int = QUALITY_EPOCHS) -> dict[str, float]:
     """Train the reference model for `epochs` and score the test set: negative ELBO, nats per image."""
+    torch.manual_seed(train_config.seed)  # the initial weights, whatever ran before in this process
     model = build_model("vae", REFERENCE_MODEL)
     history = fit(model, data, replace(train_config, epochs=epochs), "cpu", progress=False)
     test = elbo_metrics(model, data.test.x, seed=train_config.seed)
