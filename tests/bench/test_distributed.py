@@ -387,6 +387,11 @@ def test_only_trials_of_dead_workers_in_this_pid_namespace_are_recovered(local_s
     assert tracker.status(study.trials[other_ns.number].user_attrs["mlflow_run_id"]) == "RUNNING"
 
 
+def retries(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The queued retries of failed trials (the study also queues its coverage trials at creation)."""
+    return [t for t in study.get_trials(states=(TrialState.WAITING,)) if "failed_trial" in t.system_attrs]
+
+
 def test_a_retried_trial_keeps_the_params_but_not_the_dead_workers_run(local_study):
     from bench.storage import StaleTrialHandler
 
@@ -396,8 +401,9 @@ def test_a_retried_trial_keeps_the_params_but_not_the_dead_workers_run(local_stu
     failed = study._storage.get_trial(dead._trial_id)
     StaleTrialHandler()(study, failed)
 
-    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    (retry,) = retries(study)
     assert retry.params == failed.params and retry.params
+    assert retry.user_attrs.get("coverage") is True  # the smoke study queues coverage trials first: ask() took one
     assert retry.system_attrs["failed_trial"] == dead.number
     assert "worker" not in retry.user_attrs and "mlflow_run_id" not in retry.user_attrs
     assert study.trials[dead.number].user_attrs["worker"].startswith("elsewhere:")
@@ -411,7 +417,7 @@ def test_a_dead_local_workers_trial_is_queued_again(local_study):
     dead = start_trial(spec, study, tracker, parent, f"{worker_id().rsplit(':', 1)[0]}:{dead_pid()}")
     assert recover_dead_local_trials(study, tracker, StaleTrialHandler()) == [dead.number]
     assert recover_dead_local_trials(study, tracker, StaleTrialHandler()) == []  # once only
-    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    (retry,) = retries(study)
     assert retry.system_attrs["failed_trial"] == dead.number
     assert retry.params == study.trials[dead.number].params
     assert "died mid-trial" in study.trials[dead.number].user_attrs["fail_reason"]
