@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 
-from bench.errors import BenchError, cli_main
+from bench.errors import BenchError, HelpFormatter, cli_main
 from bench.thresholds import DEFAULT_THRESHOLDS, Bound, derive, load_thresholds, write_thresholds
 
 EXIT_PASS, EXIT_REGRESSION = 0, 1
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench.check",
         description="Regression gate: run the fixed `ci` study and compare its metrics with stored thresholds. "
         "Exit 0: every threshold holds; 1: a metric regressed; 2: bad input.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--study", default="ci", help="the gate's study (name in studies/ or a .toml path)")
     p.add_argument("--thresholds", default=str(DEFAULT_THRESHOLDS), help="thresholds file (TOML)")

@@ -1,15 +1,24 @@
-"""The one exception type for input a person must fix, and how the CLIs print it.
+"""What every bench CLI shares: the one exception type for input a person must fix, how it is printed, and --help.
 
 Anything raising BenchError is reported as one line on stderr with exit code 2.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable, NoReturn
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends '(default: ...)' only where the help does not already say what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return text if "(default" in text else super()._get_help_string(action)
 
 
 class BenchError(Exception):

@@ -15,12 +15,12 @@ import sys
 import tempfile
 import time
 
-from bench.errors import cli_main
+from bench.errors import HelpFormatter, cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--study", default="latent", help="study whose data, training and eval settings are used")
     p.add_argument("--latent-dim", type=int, default=16, help="latent size of the fixed trial")
     p.add_argument("--hidden-width", type=int, default=256, help="hidden width of the fixed trial")

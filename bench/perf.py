@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.errors import HelpFormatter
 from vae.data import DataConfig, DataError, Datasets, check_data, load_data
 from vae.denormal import flush_denormal, flush_denormal_enabled
 from vae.evaluate import elbo_metrics
@@ -568,6 +569,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m bench.perf",
         description="Epoch time of vae.train.fit on the pytorch/examples VAE configuration, "
         "against the pytorch/examples training loop and the matmul floor; all in one process.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--data-dir", default=None, help="folder holding MNIST/raw (default: $VAE_DATA_DIR, else ./data)"

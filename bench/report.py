@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.errors import BenchError, cli_main
+from bench.errors import BenchError, HelpFormatter, cli_main
 
 # metrics every model has, in the order the table shows them; "higher" says which way is better
 SHARED_METRICS = {
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.report",
         description="Compare the VAE with the autoencoder and PCA baselines of a finished study, from MLflow.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--study", default="latent", help="study name (its MLflow experiment)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")

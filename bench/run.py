@@ -16,17 +16,9 @@ import time
 import warnings
 from dataclasses import dataclass
 
-from bench.errors import BenchError, cli_main
+from bench.errors import BenchError, HelpFormatter, cli_main
 
 DEFAULT_STUDY = "latent"
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends '(default: ...)' only where the help does not already say what the default is."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        return text if "(default" in text else super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench.run",
         description="Run (or resume) a VAE study: an Optuna search whose trials are tracked in MLflow, "
         "then the baselines (autoencoder, PCA) and a comparison report.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--study", default=DEFAULT_STUDY, help="a study shipped in studies/ (latent, smoke, seed, ci) or a path to a .toml file")
     p.add_argument("--n-trials", type=int, default=None, help="trials in total across all workers and resumes (default: the study file's)")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from bench.errors import BenchError, cli_main
+from bench.errors import BenchError, HelpFormatter, cli_main
 
 DB_PREFIX = "vaebench_scale"
 RUN_TIMEOUT_S = 3600.0  # one configuration's whole study
@@ -299,7 +299,7 @@ def _dispose(reader) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--study", default="smoke", help="study to run, a shipped name or a .toml path; each run uses a fresh copy (default: smoke)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="local worker counts to measure (default: 1 2 4)")
     p.add_argument("--n-trials", type=int, default=12, help="trials per throughput run (default: 12)")

@@ -1,0 +1,43 @@
+"""Every `python -m bench.*` command's --help explains each flag with its default, once."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.bench.conftest import REPO, cli_env
+
+COMMANDS = ("run", "report", "check", "perf", "overhead", "scale")
+
+
+def flag_blocks(help_text: str) -> dict[str, str]:
+    """Each option's help, its first line and continuation lines joined, by its last spelling."""
+    blocks: dict[str, str] = {}
+    current = None
+    for line in help_text.splitlines():
+        m = re.match(r"\s{2}(-[-\w]+(?:, -[-\w]+)*)", line)
+        if m:
+            current = m.group(1).split(", ")[-1]
+            blocks[current] = line.strip()
+        elif current and line.startswith(" " * 6):
+            blocks[current] += " " + line.strip()
+        else:
+            current = None
+    blocks.pop("--help", None)
+    return blocks
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_gives_every_flag_one_default(command):
+    proc = subprocess.run(
+        [sys.executable, "-m", f"bench.{command}", "--help"],
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    blocks = flag_blocks(proc.stdout)
+    assert len(blocks) >= 4, proc.stdout
+    for flag, text in blocks.items():
+        assert text.count("(default") == 1, f"bench.{command} {flag}: {text!r}"
