@@ -131,7 +131,8 @@ class Outcome:
     tracker: object
     parent_run_id: str
     ran: int  # trials this process ran
-    seconds: float
+    seconds: float  # wall time of this process's trials
+    finalize_seconds: float = 0.0  # wall time of the summary, baselines and report, when this process wrote them
 
 
 def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags: dict[str, str] | None = None) -> Outcome:
@@ -192,6 +193,8 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags
               "Re-run the same command to resume.", file=sys.stderr)
         return Outcome(130, spec, study, tracker, parent, 0, time.monotonic() - t0)
 
+    trials_s = time.monotonic() - t0
+    t1 = time.monotonic()
     if not args.no_finalize:
         complete = count(study, FINISHED_STATES) >= spec.n_trials
         claim = claim_finalizer(study)
@@ -201,7 +204,7 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags
             release_finalizer(study, claim)
         if count(study, running) == 0:
             tracker.set_status(parent, "FINISHED")
-    return Outcome(0, spec, study, tracker, parent, result.ran, time.monotonic() - t0)
+    return Outcome(0, spec, study, tracker, parent, result.ran, trials_s, time.monotonic() - t1)
 
 
 def print_summary(out: Outcome, uri: str) -> None:
@@ -211,8 +214,10 @@ def print_summary(out: Outcome, uri: str) -> None:
 
     spec, study = out.spec, out.study
     best = best_trial(study)
+    # finishing: the parent run's summary, and the baselines and report when the study has them
+    after = f", then {out.finalize_seconds:.0f} s to finish the study" if out.finalize_seconds >= 0.5 else ""
     print(f"\nstudy {spec.name}: {count(study, FINISHED_STATES)}/{spec.n_trials} trials finished "
-          f"({out.ran} run by this process in {out.seconds:.0f} s)")
+          f"({out.ran} run by this process in {out.seconds:.0f} s{after})")
     if best is not None:
         print(f"best trial {best.number}: {spec.metric} = {best.value:.2f}")
         print("  params: " + ", ".join(f"{k}={_fmt(val)}" for k, val in best.params.items()))

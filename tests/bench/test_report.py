@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
@@ -45,6 +46,8 @@ def test_run_prints_the_table_without_progress_bars(compared):
     assert "latent_dim" in header and "test/sample_fd" in header
     assert sum(line.split()[:1] in (["vae"], ["ae"], ["pca"]) for line in out.splitlines()) == 6
     assert "report: reports/smoke/comparison.md" in out
+    # the trials' time and the baselines' and report's time are told apart
+    assert re.search(r"study smoke: 3/3 trials finished \(3 run by this process in \d+ s, then \d+ s to finish the study\)", out)
 
 
 def test_every_compared_run_has_every_metric_and_its_tags(compared):
