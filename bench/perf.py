@@ -14,10 +14,9 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Callable, ContextManager, Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +24,7 @@ from torch import nn
 
 from bench.errors import HelpFormatter
 from vae.data import DataConfig, DataError, Datasets, check_data, load_data
-from vae.denormal import flush_denormal, flush_denormal_enabled
+from vae.denormal import denormal_mode
 from vae.evaluate import elbo_metrics
 from vae.model import ModelConfig, build_model
 from vae.train import TrainConfig, fit, make_optimizer
@@ -360,17 +359,9 @@ def time_interleaved(
     return fit_t[warmup:], ref_t[warmup:]
 
 
-@contextmanager
-def denormals_kept() -> Iterator[None]:
+def denormals_kept() -> ContextManager[None]:
     """Subnormal floats computed as such inside the block, whatever the caller had set."""
-    flushing = flush_denormal_enabled()
-    if flushing:
-        flush_denormal(False)
-    try:
-        yield
-    finally:
-        if flushing:
-            flush_denormal(True)
+    return denormal_mode(False)
 
 
 def reference_quality(root: Path, train_config: TrainConfig, epochs: int = QUALITY_EPOCHS) -> dict[str, float]:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from contextlib import contextmanager
-from typing import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import ContextManager, Iterator
 
 import torch
 
@@ -78,16 +78,18 @@ def flush_denormal(mode: bool) -> bool:
 
 
 @contextmanager
-def denormals_flushed(enabled: bool = True) -> Iterator[None]:
-    """Flush subnormals to zero on all of torch's CPU threads inside the block; turn it off after.
-
-    Does nothing when `enabled` is False or the caller already flushes (then it stays on).
-    """
-    if not enabled or flush_denormal_enabled():
-        yield
-        return
-    flush_denormal(True)
+def denormal_mode(flush: bool) -> Iterator[None]:
+    """Flushing of subnormals set to `flush` on all of torch's CPU threads inside the block; as before after."""
+    before = flush_denormal_enabled()
+    if before != flush:
+        flush_denormal(flush)
     try:
         yield
     finally:
-        flush_denormal(False)
+        if before != flush:
+            flush_denormal(before)
+
+
+def denormals_flushed(enabled: bool = True) -> ContextManager[None]:
+    """Subnormals flushed to zero inside the block when `enabled`; a caller's own flushing stays on after."""
+    return denormal_mode(True) if enabled else nullcontext()

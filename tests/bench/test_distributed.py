@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import optuna
 import pytest
@@ -253,27 +254,37 @@ def check_study(storage, tracking: str, name: str, n_trials: int) -> tuple[optun
 # ----------------------------------------------------------------- tests without a worker process
 
 
+def run_in_threads(fn: Callable[[], None], n: int) -> list[Exception]:
+    """Run fn in n threads at once and wait for all; the exceptions they raised."""
+    errors: list[Exception] = []
+
+    def guarded() -> None:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - collected and asserted on
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 @needs_postgres
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_workers_opening_an_empty_database_together_all_get_the_storage(new_db):
     """Every worker creates Optuna's tables on a fresh database; the racing ones must not fail."""
     for _ in range(2):
         url = new_db()
-        barrier, errors = threading.Barrier(4), []
+        barrier = threading.Barrier(4)
 
         def open_it() -> None:
             barrier.wait()
-            try:
-                open_storage(StorageTarget("rdb", url))
-            except Exception as exc:  # noqa: BLE001 - collected and asserted on
-                errors.append(exc)
+            open_storage(StorageTarget("rdb", url))
 
-        threads = [threading.Thread(target=open_it) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
+        assert run_in_threads(open_it, 4) == []
         assert optuna.get_all_study_summaries(url) == []
 
 
@@ -627,23 +638,15 @@ def test_workers_resuming_a_study_tracked_elsewhere_agree_on_one_new_parent(tmp_
     study, _ = open_study(spec, journal(path))
     study.set_user_attr(UID_ATTR, uuid.uuid4().hex)
     study.set_user_attr(PARENT_ATTR, uuid.uuid4().hex)  # a run on another tracking server
-    barrier, parents, errors = threading.Barrier(4), [], []
+    barrier, parents = threading.Barrier(4), []
 
     def join() -> None:
-        try:
-            joined, created = open_study(spec, journal(path))
-            tracker = Tracker(mlflow_server.url, spec.name)
-            barrier.wait()
-            parents.append((created, ensure_parent_run(joined, created, spec, tracker)))
-        except Exception as exc:  # noqa: BLE001 - collected and asserted on
-            errors.append(exc)
+        joined, created = open_study(spec, journal(path))
+        tracker = Tracker(mlflow_server.url, spec.name)
+        barrier.wait()
+        parents.append((created, ensure_parent_run(joined, created, spec, tracker)))
 
-    threads = [threading.Thread(target=join) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_in_threads(join, 4) == []
     assert {p for _, p in parents} == {load(journal(path)).user_attrs[PARENT_ATTR]}
     assert [created for created, _ in parents] == [False] * 4
     active, _, _ = mlflow_runs(mlflow_server.url, spec.name)
