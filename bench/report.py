@@ -15,18 +15,11 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError, HelpFormatter, cli_main
+from bench.metrics import COMPARED, VAE_TEST, better
 
-# metrics every model has, in the order the table shows them; "higher" says which way is better
-SHARED_METRICS = {
-    "test/recon_bce": "lower",
-    "test/recon_mse": "lower",
-    "test/denoise_bce": "lower",
-    "test/denoise_mse": "lower",
-    "test/probe_acc": "higher",
-    "test/knn_acc": "higher",
-    "test/sample_fd": "lower",
-}
-VAE_METRICS = ["test/elbo", "test/nll_iw", "test/kl", "test/active_units"]
+# metrics every model has, in the order the table shows them, with the direction that is better
+SHARED_METRICS = {m: better(m) for m in COMPARED}
+VAE_METRICS = list(VAE_TEST)
 MODELS = ("vae", "ae", "pca")
 
 

@@ -14,6 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from bench.baselines import SAMPLERS, make_sampler, sampler_generator, training_images
+from bench.metrics import COMPARED
 from bench.fd_classifier import FDClassifier, frechet_distance
 from vae.data import Corruption, Datasets, binarize_once, corrupt
 from vae.evaluate import encode
@@ -24,15 +25,7 @@ MAX_TRAIN_CODES = 10_000  # training images whose codes train the probes and fit
 KNN_K = 5
 PROBE_MAX_ITER = 1000
 
-SCORE_NAMES = (
-    "test/recon_bce",
-    "test/recon_mse",
-    "test/denoise_bce",
-    "test/denoise_mse",
-    "test/probe_acc",
-    "test/knn_acc",
-    "test/sample_fd",
-)
+SCORE_NAMES = COMPARED  # declared, with their meanings, in bench.metrics
 
 
 @torch.no_grad()
@@ -122,7 +115,7 @@ def score_model(
 ) -> dict[str, float]:
     """All comparison scores of one model ("vae", "ae" or "pca") on `data.test`, keys in SCORE_NAMES.
 
-    - test/recon_bce, test/recon_mse: reconstruction of the test images as stored in
+    - test/code_recon_bce, test/code_recon_mse: deterministic reconstruction of the test images as stored in
       data.test.x (binary under dynamic binarization, grayscale otherwise); nats per image
       and squared error summed over pixels per image (see `reconstruction_errors`).
     - test/denoise_bce, test/denoise_mse: the same for the reconstruction of
@@ -148,8 +141,8 @@ def score_model(
     probe_acc, knn_acc = probe_accuracies(encode(model, train_x, batch_size), train_y, encode(model, x, batch_size), y)
     fd = sample_fd(kind, model, data, train_x, classifier, n_fd_samples, seed)
     return {
-        "test/recon_bce": recon_bce,
-        "test/recon_mse": recon_mse,
+        "test/code_recon_bce": recon_bce,
+        "test/code_recon_mse": recon_mse,
         "test/denoise_bce": denoise_bce,
         "test/denoise_mse": denoise_mse,
         "test/probe_acc": probe_acc,

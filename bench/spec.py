@@ -14,18 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bench.errors import BenchError
+from bench.metrics import optimizable
 from vae.data import DataConfig
 from vae.model import ModelConfig
 from vae.train import TrainConfig
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 
-# metric -> direction in which it improves
-METRIC_DIRECTIONS = {
-    f"{split}/{name}": ("maximize" if name == "elbo" else "minimize")
-    for split in ("train", "val")
-    for name in ("elbo", "recon_bce", "kl")
-}
+# metric -> direction in which it improves: the per-epoch keys a study can optimise (bench.metrics)
+METRIC_DIRECTIONS = {**optimizable("train"), **optimizable("val")}
 SAMPLERS = ("tpe", "random", "grid", "gp")
 PRUNERS = ("median", "hyperband", "none")
 BASELINES = ("ae", "pca")

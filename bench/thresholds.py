@@ -23,9 +23,9 @@ GATED = {
     ("vae", "test/recon_bce"): "<=",
     ("vae", "test/nll_iw"): "<=",
     ("vae", "test/probe_acc"): ">=",
-    ("ae", "test/recon_bce"): "<=",
+    ("ae", "test/code_recon_bce"): "<=",
     ("ae", "test/probe_acc"): ">=",
-    ("pca", "test/recon_bce"): "<=",
+    ("pca", "test/code_recon_bce"): "<=",
     ("pca", "test/probe_acc"): ">=",
 }
 MARGIN_RULE = "max(3 x std over seeds, 1% of |worst|) for nats; max(3 x std, 0.02) for accuracies"

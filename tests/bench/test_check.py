@@ -30,7 +30,7 @@ def test_shipped_thresholds_are_valid_and_cover_every_model():
     bounds = load_thresholds(DEFAULT_THRESHOLDS)
     covered = {(b.model, b.metric) for b in bounds}
     assert {("vae", "test/elbo"), ("vae", "test/recon_bce"), ("vae", "test/nll_iw")} <= covered
-    assert {("ae", "test/recon_bce"), ("pca", "test/recon_bce")} <= covered
+    assert {("ae", "test/code_recon_bce"), ("pca", "test/code_recon_bce")} <= covered
     text = DEFAULT_THRESHOLDS.read_text()
     assert "seeds = [0, 1, 2, 3, 4]" in text and "margin_rule" in text
     for b in bounds:  # each bound is the worst seen loosened by its margin
@@ -39,11 +39,11 @@ def test_shipped_thresholds_are_valid_and_cover_every_model():
 
 
 def test_derive_takes_the_worst_seed_and_a_margin():
-    runs = [{("vae", "test/elbo"): v, ("pca", "test/recon_bce"): 100.0 + i} for i, v in enumerate([-100.0, -102.0, -101.0, -99.0, -100.5])]
+    runs = [{("vae", "test/elbo"): v, ("pca", "test/code_recon_bce"): 100.0 + i} for i, v in enumerate([-100.0, -102.0, -101.0, -99.0, -100.5])]
     bounds = {(b.model, b.metric): b for b in derive(runs)}
     elbo = bounds[("vae", "test/elbo")]
     assert elbo.op == ">=" and elbo.worst_seen == -102.0 and elbo.value < -102.0
-    pca = bounds[("pca", "test/recon_bce")]
+    pca = bounds[("pca", "test/code_recon_bce")]
     assert pca.op == "<=" and pca.worst_seen == 104.0 and pca.value > 104.0
 
 
@@ -87,11 +87,11 @@ def test_gate_is_deterministic_on_cpu(broken_run, tmp_path):
 def test_unmeetable_threshold_fails_and_names_the_metric(tmp_path):
     strict = tmp_path / "strict.toml"
     strict.write_text('[[bound]]\nmodel = "vae"\nmetric = "test/elbo"\nop = ">="\nvalue = -1.0\n'
-                      '[[bound]]\nmodel = "pca"\nmetric = "test/recon_bce"\nop = "<="\nvalue = 1000.0\n')
+                      '[[bound]]\nmodel = "pca"\nmetric = "test/code_recon_bce"\nop = "<="\nvalue = 1000.0\n')
     proc = gate(tmp_path, "--thresholds", str(strict), "--study", BROKEN)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "regressed: vae test/elbo" in proc.stdout
-    assert "pca test/recon_bce" not in proc.stdout.split("regressed:")[1]
+    assert "pca test/code_recon_bce" not in proc.stdout.split("regressed:")[1]
 
 
 def test_planted_regression_is_caught(broken_run):

@@ -36,7 +36,7 @@ def test_the_table_has_one_full_row_per_model_and_latent_size(compared):
     assert not table.isna().any().any()
     for acc in ("test/probe_acc", "test/knn_acc"):
         assert table[acc].between(0.1, 1.0).all()  # better than chance on 10 digits
-    assert (table["test/recon_bce"] > 50).all() and (table["test/sample_fd"] > 0).all()  # nats per image, distances
+    assert (table["test/code_recon_bce"] > 50).all() and (table["test/sample_fd"] > 0).all()  # nats per image, distances
 
 
 def test_run_prints_the_table_without_progress_bars(compared):

@@ -115,7 +115,7 @@ def test_every_score_is_present_finite_and_in_range(scores, kind):
     s = scores[kind]
     assert tuple(s) == SCORE_NAMES
     assert all(math.isfinite(v) for v in s.values())
-    assert 20 < s["test/recon_bce"] < 300 and 5 < s["test/recon_mse"] < 100  # nats, squared error per image
+    assert 20 < s["test/code_recon_bce"] < 300 and 5 < s["test/code_recon_mse"] < 100  # nats, squared error per image
     assert 0.5 < s["test/probe_acc"] <= 1 and 0.5 < s["test/knn_acc"] <= 1  # chance is 0.1
     assert s["test/sample_fd"] > 0
 
@@ -123,15 +123,15 @@ def test_every_score_is_present_finite_and_in_range(scores, kind):
 @pytest.mark.parametrize("kind", ["vae", "ae", "pca"])
 def test_denoising_scores_are_worse_than_clean_reconstruction(scores, kind):
     s = scores[kind]
-    assert s["test/denoise_bce"] > s["test/recon_bce"]
-    assert s["test/denoise_mse"] > s["test/recon_mse"]
+    assert s["test/denoise_bce"] > s["test/code_recon_bce"]
+    assert s["test/denoise_mse"] > s["test/code_recon_mse"]
 
 
 def test_scores_repeat_for_a_seed_and_samples_depend_on_it(models, data, classifier, scores):
     again = score_model(models["ae"], data, kind="ae", classifier=classifier, seed=0)
     assert again == scores["ae"]
     other = score_model(models["ae"], data, kind="ae", classifier=classifier, seed=1)
-    assert other["test/recon_bce"] == scores["ae"]["test/recon_bce"]  # the test images do not depend on it
+    assert other["test/code_recon_bce"] == scores["ae"]["test/code_recon_bce"]  # the test images do not depend on it
     assert other["test/sample_fd"] != scores["ae"]["test/sample_fd"]
 
 
