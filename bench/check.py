@@ -1,7 +1,9 @@
-"""`python -m bench.check`: the CI regression gate on ELBO and baseline thresholds.
+"""`python -m bench.check`: the CI regression gate, two-sided, with a measured false-alarm rate and power.
 
-Runs the small seeded `ci` study afresh (tracked in MLflow, tagged as a gate run), reads
-its metrics back, and exits 0 when every bound holds, 1 on a regression, 2 on bad input.
+Trains the `ci` study's VAE, autoencoder and PCA with the reference file's seeds, logs each to
+MLflow under one gate run, and compares the seeds' mean of each gated metric with the calibrated
+band. Exit 0: every metric inside its band; 1: one is outside (worse, or better than noise
+explains); 2: bad input. `--calibrate` measures the reference from many seeds instead.
 """
 
 from __future__ import annotations
@@ -9,126 +11,201 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import tempfile
 import time
+from pathlib import Path
 
 from bench.errors import BenchError, HelpFormatter, cli_main
-from bench.thresholds import DEFAULT_THRESHOLDS, Bound, derive, load_thresholds, write_thresholds
+from bench.thresholds import ALPHA, DEFAULT_THRESHOLDS, FLOOR, POWER, GateReference, Verdict
 
 EXIT_PASS, EXIT_REGRESSION = 0, 1
+CALIBRATION_SEEDS = list(range(100, 132))  # disjoint from the gate's seeds: the gate is a fresh draw
+GATE_SEEDS = list(range(8))
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.check",
-        description="Regression gate: run the fixed `ci` study and compare its metrics with stored thresholds. "
-        "Exit 0: every threshold holds; 1: a metric regressed; 2: bad input.",
+        description="Regression gate: train the `ci` study's VAE, autoencoder and PCA with several seeds and "
+        "compare each gated metric's mean with its calibrated band, both ways. "
+        "Exit 0: all inside; 1: a metric moved beyond the noise; 2: bad input.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--study", default="ci", help="the gate's study (name in studies/ or a .toml path)")
-    p.add_argument("--thresholds", default=str(DEFAULT_THRESHOLDS), help="thresholds file (TOML)")
+    p.add_argument("--thresholds", default=str(DEFAULT_THRESHOLDS), help="the reference file (TOML) written by --calibrate")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's default sqlite:///mlflow.db)")
     p.add_argument("--data-dir", default=None, help="data folder (default: $VAE_DATA_DIR, else ./data)")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="device; cpu is deterministic for a seed")
-    p.add_argument("--seed", type=int, default=None, help="override the study's seed (default: the study file's)")
-    p.add_argument("--calibrate", action="store_true", help="instead of gating, run every --seeds seed and write --thresholds from the worst values seen")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds for --calibrate")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--workers", type=int, default=None, help="single-thread processes training seeds side by side (default: one per CPU core, at most one per seed)")
+    p.add_argument("--calibrate", action="store_true", help="instead of gating, train every --calibration-seeds seed and write --thresholds")
+    p.add_argument("--calibration-seeds", type=int, nargs="+", default=CALIBRATION_SEEDS,
+                   help="seeds for --calibrate (default: 100 to 131, disjoint from the gate's)")
+    p.add_argument("--gate-seeds", type=int, nargs="+", default=GATE_SEEDS, help="with --calibrate: the seeds the gate will train (default: 0 to 7)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
-def gate_run(args: argparse.Namespace, seed: int | None) -> dict[tuple[str, str], float]:
-    """Run the gate study once in a fresh Optuna storage; its metrics by (model, metric)."""
-    from bench import run
+def validate(args: argparse.Namespace):
+    """Everything that can be checked before anything is written: spec, reference, data, tracking."""
+    from bench.spec import load_spec
+    from bench.tracking import check_tracking_uri, resolve_tracking_uri
+    from bench.thresholds import load_reference
+    from vae.data import DataError, check_data
 
-    with tempfile.TemporaryDirectory(prefix="vaebench-gate-") as tmp:
-        argv = ["--study", args.study, "--storage", f"{tmp}/gate.journal", "--device", args.device,
-                "--report-dir", f"{tmp}/report"]
-        for flag, val in (("--tracking-uri", args.tracking_uri), ("--data-dir", args.data_dir), ("--seed", seed)):
-            if val is not None:
-                argv += [flag, str(val)]
-        if args.no_progress:
-            argv.append("--no-progress")
-        run_args = run.build_parser().parse_args(argv)
-        v = run.validate(run_args)
-        out = run.execute(run_args, argv, v, parent_tags={"vaebench.gate": "true"})
-        if out.rc != 0:
-            raise SystemExit(out.rc)
-        return collect_metrics(out.tracker, out.parent_run_id)
+    spec = load_spec(args.study)
+    ref = None if args.calibrate else load_reference(args.thresholds)
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        raise BenchError(f"--workers must be between 1 and 64, got {args.workers}")
+    if args.calibrate:
+        for name, seeds, least in (("--calibration-seeds", args.calibration_seeds, 5), ("--gate-seeds", args.gate_seeds, 2)):
+            if len(seeds) < least or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+                raise BenchError(f"{name} needs at least {least} distinct non-negative seeds, got {seeds}")
+        if set(args.calibration_seeds) & set(args.gate_seeds):
+            raise BenchError("--calibration-seeds and --gate-seeds must not share a seed: the gate must be a fresh draw")
+        if len(args.calibration_seeds) < len(args.gate_seeds) + 3:
+            raise BenchError(f"--calibration-seeds needs at least {len(args.gate_seeds) + 3} seeds to estimate the false-alarm rate")
+    try:
+        root = check_data(spec.data.dataset, args.data_dir)
+    except DataError as exc:
+        raise BenchError(str(exc)) from None
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking_uri(uri)
+    return spec, ref, str(root), uri
 
 
-def collect_metrics(tracker, parent_run_id: str) -> dict[tuple[str, str], float]:
-    """Every test/ metric of the parent's child runs, keyed by (model tag, metric)."""
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+def measure_and_log(spec, seeds: list[int], root: str, uri: str, workers: int | None, progress: bool, tags: dict[str, str]):
+    """Train every seed (in parallel processes), log one child run per (model, seed) under a gate run."""
+    from tqdm.auto import tqdm
+
+    from bench.gate import default_workers, measure
+    from bench.tracking import ROLE_TAG, Tracker
+
+    tracker = Tracker(uri, spec.name)
+    parent = tracker.create_parent_run(
+        spec.name, {"seeds": ",".join(map(str, seeds)), "epochs": spec.train.epochs, "limit": spec.data.limit},
+        {"vaebench.gate": "true", **tags}, {f"study/{spec.name}.toml": spec.text or ""},
     )
-    values: dict[tuple[str, str], float] = {}
-    for r in runs:
-        model = r.data.tags.get("model", "?")
-        for k, val in r.data.metrics.items():
-            if k.startswith("test/"):
-                values[(model, k)] = val
-    return values
+    bar = tqdm(total=len(seeds), desc="gate seeds", unit="seed", disable=not progress)
+
+    def log_seed(res) -> None:
+        models = sorted({m for m, _ in res.values})
+        for model in models:
+            metrics = {k: v for (m, k), v in res.values.items() if m == model}
+            with tracker.child_run(parent, f"{model}-seed{res.seed}", {"seed": res.seed},
+                                   {ROLE_TAG: "gate", "model": model, "seed": res.seed}) as run:
+                run.log_metrics(metrics)
+        bar.update(1)
+
+    try:
+        results = measure(spec, seeds, root, workers or default_workers(len(seeds)), on_seed=log_seed)
+    except BaseException:
+        tracker.set_status(parent, "FAILED")
+        raise
+    finally:
+        bar.close()
+    tracker.set_status(parent, "FINISHED")
+    return results
 
 
-def judge(bounds: list[Bound], values: dict[tuple[str, str], float]) -> tuple[list[list[str]], bool]:
-    """Rows (metric, model, value, threshold, margin, result) and whether all bounds held."""
-    rows, ok = [], True
-    for b in bounds:
-        v = values.get((b.model, b.metric))
-        if v is None:
-            rows.append([b.metric, b.model, "missing", f"{b.op} {b.value:g}", "", "FAIL"])
-            ok = False
-            continue
-        passed = b.holds(v)
-        ok &= passed
-        rows.append([b.metric, b.model, f"{v:.4f}", f"{b.op} {b.value:g}", f"{b.slack(v):+.4f}", "pass" if passed else "FAIL"])
-    return rows, ok
-
-
-def format_table(rows: list[list[str]]) -> str:
-    head = ["metric", "model", "value", "threshold", "margin", "result"]
+def format_table(verdicts: list[Verdict]) -> str:
+    head = ["metric", "model", "value", "reference", "band", "delta", "detectable", "result"]
+    rows = [[v.ref.metric, v.ref.model, "missing" if v.value is None else f"{v.value:.3f}", f"{v.ref.mean:.3f}",
+             f"±{v.band:.3f}", "" if v.value is None else f"{v.delta:+.3f}", f"{v.detectable:.3f}",
+             {"pass": "pass", "worse": "FAIL (worse)", "better": "FAIL (better)", "missing": "FAIL (missing)"}[v.result]]
+            for v in verdicts]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def power_summary(ref: GateReference, k: int) -> str:
+    elbo = next((r for r in ref.references if (r.model, r.metric) == ("vae", "test/elbo")), None)
+    parts = []
+    if elbo is not None:
+        parts.append(f"minimum detectable regression: {elbo.detectable(k, ref.m, ref.alpha, ref.floor):.2f} nats of VAE "
+                     f"test/elbo (caught with probability {POWER:.0%}; every metric's in the 'detectable' column)")
+    fa = f"false-alarm rate: {ref.alpha:.1%} by construction (two-sided, Bonferroni over {ref.m} metrics, t with n-1 df)"
+    if ref.false_alarm_empirical is not None:
+        fa += f", {ref.false_alarm_empirical:.2%} measured by resampling the calibration seeds"
+    return "\n".join([*parts, fa])
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    spec, ref, root, uri = validate(args)  # nothing is written before this passes
     if args.calibrate:
-        return calibrate(args)
-    bounds = load_thresholds(args.thresholds)  # validated before anything runs
+        return calibrate(args, spec, root, uri)
+    from bench.thresholds import judge
+
     t0 = time.monotonic()
-    values = gate_run(args, args.seed)
-    rows, ok = judge(bounds, values)
-    print("\n" + format_table(rows))
-    failed = [f"{r[1]} {r[0]}" for r in rows if r[-1] == "FAIL"]
-    print(f"\ngate {'passed' if ok else 'FAILED'} in {time.monotonic() - t0:.0f} s"
-          + ("" if ok else f": regressed: {', '.join(failed)}"))
-    return EXIT_PASS if ok else EXIT_REGRESSION
+    results = measure_and_log(spec, list(ref.seeds), root, uri, args.workers, not args.no_progress, {})
+    verdicts = judge(ref, [r.values for r in results])
+    print("\n" + format_table(verdicts))
+    print("\n" + power_summary(ref, len(ref.seeds)))
+    bad = [v for v in verdicts if v.result != "pass"]
+    took = time.monotonic() - t0
+    if not bad:
+        print(f"gate passed in {took:.0f} s ({len(ref.seeds)} seeds)")
+        return EXIT_PASS
+    worse = [f"{v.ref.model} {v.ref.metric}" for v in bad if v.result in ("worse", "missing")]
+    better = [f"{v.ref.model} {v.ref.metric}" for v in bad if v.result == "better"]
+    msg = f"gate FAILED in {took:.0f} s"
+    if worse:
+        msg += f"; regressed: {', '.join(worse)}"
+    if better:
+        msg += (f"; better than the calibrated band by more than the noise: {', '.join(better)} "
+                "(if the improvement is intended, recalibrate: python -m bench.check --calibrate)")
+    print(msg)
+    return EXIT_REGRESSION
 
 
-def calibrate(args: argparse.Namespace) -> int:
-    """Run the gate study for each seed and write thresholds from what was seen."""
-    if len(args.seeds) < 5:
-        raise BenchError(f"--calibrate needs at least 5 seeds to derive bounds, got {len(args.seeds)}")
+def calibrate(args: argparse.Namespace, spec, root: str, uri: str) -> int:
+    """Train every calibration seed; write the references and the measured false-alarm rate."""
+    from bench.gate import GATED
+    from bench.thresholds import calibrate as references, empirical_false_alarm, write_reference
+
     t0 = time.monotonic()
-    runs = [gate_run(args, s) for s in args.seeds]
-    bounds = derive(runs)
+    results = measure_and_log(spec, args.calibration_seeds, root, uri, args.workers, not args.no_progress,
+                              {"vaebench.calibration": "true"})
+    values = [r.values for r in results]
+    keys = list(GATED)
+    k = len(args.gate_seeds)
+    fa = empirical_false_alarm(values, keys, k)
+    seconds = time.monotonic() - t0
     provenance = {
-        "command": "python -m bench.check --calibrate --seeds " + " ".join(map(str, args.seeds)),
+        "command": "python -m bench.check --calibrate --calibration-seeds "
+        + " ".join(map(str, args.calibration_seeds)) + " --gate-seeds " + " ".join(map(str, args.gate_seeds)),
         "study": args.study,
-        "seeds": list(args.seeds),
+        "calibration_seeds": list(args.calibration_seeds),
         "measured": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
-        "device": args.device,
+        "machine": f"{cpu_kind()}, {platform.system()}",
+        "seconds_per_seed": round(sum(r.seconds for r in results) / len(results), 2),
+        "false_alarm_resamples": 20000,
     }
-    write_thresholds(args.thresholds, bounds, provenance)
-    rows = [[b.metric, b.model, f"{b.worst_seen:g}", f"{b.op} {b.value:g}", f"{b.margin:g}", ""] for b in bounds]
-    print("\n" + format_table(rows).replace("value ", "worst ", 1))
-    print(f"\nwrote {len(bounds)} bounds from {len(runs)} seeds to {args.thresholds} in {time.monotonic() - t0:.0f} s")
+    ref = GateReference(references(values, keys), tuple(args.gate_seeds), ALPHA, FLOOR, round(fa, 5), provenance)
+    write_reference(args.thresholds, ref)
+    head = ["metric", "model", "mean", "sd", "n", "band", "detectable"]
+    rows = [[r.metric, r.model, f"{r.mean:.3f}", f"{r.sd:.3f}", str(r.n), f"±{r.band(k, ref.m):.3f}",
+             f"{r.detectable(k, ref.m):.3f}"] for r in ref.references]
+    widths = [max(len(str(x[i])) for x in [head, *rows]) for i in range(len(head))]
+    print("\n" + "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [head, *rows]))
+    print("\n" + power_summary(ref, k))
+    print(f"wrote {args.thresholds} from {len(values)} seeds in {seconds:.0f} s")
     return 0
+
+
+def cpu_kind() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it, with its core count."""
+    import os
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":
