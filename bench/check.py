@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 from bench.errors import BenchError, HelpFormatter, cli_main
-from bench.thresholds import ALPHA, DEFAULT_THRESHOLDS, FLOOR, POWER, GateReference, Verdict
+from bench.thresholds import ALPHA, DEFAULT_THRESHOLDS, FLOOR, POWER, GateReference, Verdict, write_reference
 
 EXIT_PASS, EXIT_REGRESSION = 0, 1
-CALIBRATION_SEEDS = list(range(100, 132))  # disjoint from the gate's seeds: the gate is a fresh draw
-GATE_SEEDS = list(range(8))
+CALIBRATION_SEEDS = list(range(100, 132))
+GATE_SIZE = 8  # seeds the gate trains: about 100 s of CPU, under 3 minutes on 2 cores
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="single-thread processes training seeds side by side (default: one per CPU core, at most one per seed)")
     p.add_argument("--calibrate", action="store_true", help="instead of gating, train every --calibration-seeds seed and write --thresholds")
     p.add_argument("--calibration-seeds", type=int, nargs="+", default=CALIBRATION_SEEDS,
-                   help="seeds for --calibrate (default: 100 to 131, disjoint from the gate's)")
-    p.add_argument("--gate-seeds", type=int, nargs="+", default=GATE_SEEDS, help="with --calibrate: the seeds the gate will train (default: 0 to 7)")
+                   help="seeds for --calibrate (default: 100 to 131)")
+    p.add_argument("--gate-size", type=int, default=GATE_SIZE,
+                   help="with --calibrate: how many of the calibration seeds the gate trains (those whose means sit closest to the calibration means)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -55,13 +56,14 @@ def validate(args: argparse.Namespace):
     if args.workers is not None and not 1 <= args.workers <= 64:
         raise BenchError(f"--workers must be between 1 and 64, got {args.workers}")
     if args.calibrate:
-        for name, seeds, least in (("--calibration-seeds", args.calibration_seeds, 5), ("--gate-seeds", args.gate_seeds, 2)):
-            if len(seeds) < least or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-                raise BenchError(f"{name} needs at least {least} distinct non-negative seeds, got {seeds}")
-        if set(args.calibration_seeds) & set(args.gate_seeds):
-            raise BenchError("--calibration-seeds and --gate-seeds must not share a seed: the gate must be a fresh draw")
-        if len(args.calibration_seeds) < len(args.gate_seeds) + 3:
-            raise BenchError(f"--calibration-seeds needs at least {len(args.gate_seeds) + 3} seeds to estimate the false-alarm rate")
+        seeds = args.calibration_seeds
+        if len(seeds) < 5 or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise BenchError(f"--calibration-seeds needs at least 5 distinct non-negative seeds, got {seeds}")
+        if args.gate_size < 2:
+            raise BenchError(f"--gate-size must be at least 2, got {args.gate_size}")
+        if len(seeds) < args.gate_size + 3:
+            raise BenchError(f"--calibration-seeds needs at least --gate-size + 3 = {args.gate_size + 3} seeds "
+                             "to estimate the false-alarm rate")
     try:
         root = check_data(spec.data.dataset, args.data_dir)
     except DataError as exc:
@@ -159,38 +161,46 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def calibrate(args: argparse.Namespace, spec, root: str, uri: str) -> int:
-    """Train every calibration seed; write the references and the measured false-alarm rate."""
-    from bench.gate import GATED
-    from bench.thresholds import calibrate as references, empirical_false_alarm, write_reference
-
+    """Train every calibration seed; write the references, the gate's seeds and the measured false-alarm rate."""
     t0 = time.monotonic()
     results = measure_and_log(spec, args.calibration_seeds, root, uri, args.workers, not args.no_progress,
                               {"vaebench.calibration": "true"})
-    values = [r.values for r in results]
-    keys = list(GATED)
-    k = len(args.gate_seeds)
-    fa = empirical_false_alarm(values, keys, k)
-    seconds = time.monotonic() - t0
     provenance = {
         "command": "python -m bench.check --calibrate --calibration-seeds "
-        + " ".join(map(str, args.calibration_seeds)) + " --gate-seeds " + " ".join(map(str, args.gate_seeds)),
+        + " ".join(map(str, args.calibration_seeds)) + f" --gate-size {args.gate_size}",
         "study": args.study,
-        "calibration_seeds": list(args.calibration_seeds),
         "measured": time.strftime("%Y-%m-%d"),
         "machine": f"{cpu_kind()}, {platform.system()}",
         "seconds_per_seed": round(sum(r.seconds for r in results) / len(results), 2),
-        "false_alarm_resamples": 20000,
     }
-    ref = GateReference(references(values, keys), tuple(args.gate_seeds), ALPHA, FLOOR, round(fa, 5), provenance)
+    ref = reference_from(results, args.gate_size, provenance)
     write_reference(args.thresholds, ref)
+    print_calibration(ref)
+    print(f"wrote {args.thresholds} from {len(results)} seeds in {time.monotonic() - t0:.0f} s")
+    return 0
+
+
+def reference_from(results, gate_size: int, provenance: dict) -> GateReference:
+    """The reference file's content from the calibration seeds' results."""
+    from bench.gate import GATED
+    from bench.thresholds import calibrate as references, choose_gate_seeds, empirical_false_alarm
+
+    keys, seeds, values = list(GATED), [r.seed for r in results], [r.values for r in results]
+    gate_seeds = choose_gate_seeds(values, seeds, keys, gate_size)
+    fa = empirical_false_alarm(values, keys, gate_size)
+    provenance = {**provenance, "calibration_seeds": seeds, "false_alarm_resamples": 20000}
+    return GateReference(references(values, keys), gate_seeds, ALPHA, FLOOR, round(fa, 5), provenance)
+
+
+def print_calibration(ref: GateReference) -> None:
+    k = len(ref.seeds)
     head = ["metric", "model", "mean", "sd", "n", "band", "detectable"]
     rows = [[r.metric, r.model, f"{r.mean:.3f}", f"{r.sd:.3f}", str(r.n), f"±{r.band(k, ref.m):.3f}",
              f"{r.detectable(k, ref.m):.3f}"] for r in ref.references]
     widths = [max(len(str(x[i])) for x in [head, *rows]) for i in range(len(head))]
-    print("\n" + "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [head, *rows]))
-    print("\n" + power_summary(ref, k))
-    print(f"wrote {args.thresholds} from {len(values)} seeds in {seconds:.0f} s")
-    return 0
+    print("\n" + "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]))
+    print(f"\ngate seeds: {', '.join(map(str, ref.seeds))}")
+    print(power_summary(ref, k))
 
 
 def cpu_kind() -> str:

@@ -154,6 +154,38 @@ def empirical_false_alarm(
     return float(outside.any(axis=1).mean())
 
 
+def choose_gate_seeds(
+    values_by_seed: list[dict[tuple[str, str], float]],
+    seeds: list[int],
+    keys: list[tuple[str, str]],
+    k: int,
+    tries: int = 200_000,
+    seed: int = 0,
+) -> tuple[int, ...]:
+    """The k calibration seeds whose means sit closest to the calibration means, jointly.
+
+    With fixed seeds the gate's draw is fixed too: an arbitrary set of 8 seeds measured here once
+    sat 2.9 noise units above the mean, which would have hidden a 1.5-nat regression on this
+    machine. Among `tries` random k-subsets (seeded), the one minimizing the largest
+    |subset mean - mean| / sd over the metrics is taken, so the gate starts centred where it was
+    calibrated. Elsewhere (another CPU's float rounding, a change in the random stream) its draw
+    is a fresh one, which the band's sqrt(1/k + 1/n) already assumes.
+    """
+    import numpy as np
+
+    x = np.array([[v[key] for key in keys] for v in values_by_seed], dtype=np.float64)  # (n, m)
+    mu, sd = x.mean(axis=0), np.maximum(x.std(axis=0, ddof=1), 1e-12)
+    rng = np.random.default_rng(seed)
+    best, best_cost = None, float("inf")
+    for start in range(0, tries, 10_000):
+        picks = np.argsort(rng.random((min(10_000, tries - start), len(seeds))), axis=1)[:, :k]  # (T, k)
+        cost = (np.abs(x[picks].mean(axis=1) - mu) / sd).max(axis=1)  # (T,)
+        i = int(cost.argmin())
+        if cost[i] < best_cost:
+            best, best_cost = picks[i], float(cost[i])
+    return tuple(sorted(int(seeds[i]) for i in best))
+
+
 # ------------------------------------------------------------------------ the file
 
 def load_reference(path: str | Path) -> GateReference:

@@ -44,7 +44,7 @@ def table_rows(stdout: str) -> dict[tuple[str, str], str]:
     "args, message",
     [
         (["--workers", "0"], "--workers must be between 1 and 64"),
-        (["--calibrate", "--calibration-seeds", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "--gate-seeds", "0", "1"], "must not share a seed"),
+        (["--calibrate", "--calibration-seeds", "0", "1", "2", "3", "4", "5", "--gate-size", "4"], "at least --gate-size + 3"),
         (["--calibrate", "--calibration-seeds", "20", "21", "22"], "at least 5 distinct"),
         (["--study", "no-such-study"], "no-such-study"),
         (["--thresholds", "/nonexistent/ref.toml"], "does not exist"),
