@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -44,7 +45,9 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
         return math.nan
     if a.var(ddof=1) == 0 and b.var(ddof=1) == 0:
         return 0.0 if a.mean() != b.mean() else 1.0
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    with warnings.catch_warnings():  # nearly equal values: scipy warns of lost precision, the p-value is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

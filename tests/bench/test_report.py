@@ -31,9 +31,12 @@ def compared(tmp_path_factory):
 
 def test_the_table_has_one_full_row_per_model_and_latent_size(compared):
     table = pd.read_csv(compared.cwd / "reports" / "smoke" / "comparison.csv")
-    assert list(table.columns) == ["model", "latent_dim", *SHARED_METRICS]
+    # smoke.toml has 2 replicates: each metric is a mean over them, with its interval's half-width and n
+    assert list(table.columns) == ["model", "latent_dim", "n", *(c for m in SHARED_METRICS for c in (m, m + ".hw95", m + ".n"))]
     assert sorted(zip(table["model"], table["latent_dim"])) == sorted((m, d) for m in MODELS for d in LATENTS)
     assert not table.isna().any().any()
+    assert (table["n"] == 2).all() and all((table[m + ".n"] == 2).all() for m in SHARED_METRICS)
+    assert all((table[m + ".hw95"] >= 0).all() for m in SHARED_METRICS)
     for acc in ("test/probe_acc", "test/knn_acc"):
         assert table[acc].between(0.1, 1.0).all()  # better than chance on 10 digits
     assert (table["test/code_recon_bce"] > 50).all() and (table["test/sample_fd"] > 0).all()  # nats per image, distances
@@ -46,6 +49,8 @@ def test_run_prints_the_table_without_progress_bars(compared):
     assert "latent_dim" in header and "test/sample_fd" in header
     assert sum(line.split()[:1] in (["vae"], ["ae"], ["pca"]) for line in out.splitlines()) == 6
     assert "report: reports/smoke/comparison.md" in out
+    assert "mean ± 95% t-interval half-width over n seed replicates" in out
+    assert "verdicts (Welch t-test of the best mean against each other model, Holm-adjusted across the table" in out
     # the trials' time and the baselines' and report's time are told apart
     assert re.search(r"study smoke: 3/3 trials finished \(3 run by this process in \d+ s, then \d+ s to finish the study\)", out)
 
@@ -69,13 +74,16 @@ def test_the_report_is_logged_to_the_parent_run(compared, tmp_path):
     parent = compared.record().parent.info.run_id
     files = compared.download(parent, tmp_path, "report")
     names = {p.name for p in files.iterdir()}
-    assert {"comparison.md", "comparison.csv", "vae_metrics.csv"} <= names
+    assert {"comparison.md", "comparison.csv", "vae_metrics.csv", "verdicts.csv"} <= names
     assert {f"{m.replace('/', '_')}.png" for m in SHARED_METRICS} <= names
     assert {f"samples_latent{d}.png" for d in LATENTS} <= names
     width, height = png_size(files / "samples_latent2.png")
     assert width > height > 100  # three grids side by side
     md = (files / "comparison.md").read_text()
-    assert "## Best model per latent size" in md and "## VAE only" in md
+    assert "## Verdicts" in md and "## VAE only" in md and "seeds 1, 2" in md
+    verdicts = pd.read_csv(files / "verdicts.csv")
+    assert len(verdicts) == len(LATENTS) * len(SHARED_METRICS) * 2  # the best model against each of the other two
+    assert verdicts["p"].between(0, 1).all() and (verdicts["p_holm"] >= verdicts["p"]).all()
 
 
 def test_bench_report_rebuilds_the_same_table_from_mlflow_alone(compared, tmp_path):
@@ -91,6 +99,44 @@ def test_bench_report_rebuilds_the_same_table_from_mlflow_alone(compared, tmp_pa
     assert f"report written to {tmp_path / 'again'}/comparison.md" in proc.stdout
 
 
+def replicate_runs_of(run):
+    client = run.client()
+    exp = client.get_experiment_by_name("smoke")
+    return client, client.search_runs([exp.experiment_id], "tags.`vaebench.role` = 'replicate'", max_results=1000)
+
+
+def test_replicates_are_nested_finished_runs_tagged_with_seed_and_the_configuration_they_replicate(compared):
+    from bench.metrics import VAE_TEST
+
+    client, reps = replicate_runs_of(compared)
+    rec = compared.record()
+    compared_vae = {int(r.data.tags["latent_dim"]): r for r in client.search_runs(
+        [rec.parent.info.experiment_id], "tags.compared = 'true' and tags.model = 'vae'")}
+    trial_of_run = {t.user_attrs.get("mlflow_run_id"): t.number for t in rec.trials}
+    assert sorted((r.data.tags["model"], int(r.data.tags["latent_dim"]), int(r.data.tags["seed"])) for r in reps) == sorted(
+        (m, d, s) for m in MODELS for d in LATENTS for s in (1, 2))  # seeds train.seed + 1, + 2: never the search's 0
+    for r in reps:
+        tags, latent = r.data.tags, int(r.data.tags["latent_dim"])
+        assert r.info.status == "FINISHED"
+        assert tags["mlflow.parentRunId"] == rec.parent.info.run_id
+        assert r.info.run_name == f"{tags['model']}-latent{latent}-seed{tags['seed']}"
+        assert tags["replicate_of"] == compared_vae[latent].info.run_id
+        assert tags["replicate_of_trial"] == str(trial_of_run[tags["replicate_of"]])
+        assert "compared" not in tags  # the compared runs stay the selected trial and its baselines
+        assert r.data.params["seed"] == tags["seed"]
+        keys = {*SHARED_METRICS, *(VAE_TEST if tags["model"] == "vae" else ())}
+        assert keys <= set(r.data.metrics), (r.info.run_name, keys - set(r.data.metrics))
+        assert all(math.isfinite(r.data.metrics[k]) for k in keys)
+        if tags["model"] == "vae":
+            assert r.data.metrics["test/nll_iw"] <= -r.data.metrics["test/elbo"] * 1.05
+            assert 0 < r.data.metrics["test/nll_iw_se"] < 10
+            assert [m.step for m in client.get_metric_history(r.info.run_id, "val/elbo")] == [1, 2]
+    # another seed is another model: the replicates of one configuration differ
+    vae2 = {r.data.tags["seed"]: r.data.metrics["test/elbo"] for r in reps if r.data.tags["model"] == "vae"
+            and r.data.tags["latent_dim"] == "2"}
+    assert vae2["1"] != vae2["2"]
+
+
 def test_bench_report_without_a_study_exits_2_in_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bench.report", "--study", "nothing", "--tracking-uri", f"sqlite:///{tmp_path}/none.db"],
@@ -99,6 +145,19 @@ def test_bench_report_without_a_study_exits_2_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "run the study first" in proc.stderr
     assert not (tmp_path / "none.db").exists()
+
+
+def test_rerunning_the_study_trains_no_replicate_again(compared):
+    client, before = replicate_runs_of(compared)
+    exp = client.get_experiment_by_name("smoke")
+    n_runs = len(client.search_runs([exp.experiment_id], max_results=1000))
+    args = [a for a in compared.args("smoke") if a != "--no-baselines"]
+    proc = run_cli(args, compared.cwd)
+    assert proc.returncode == 0, proc.stderr
+    _, after = replicate_runs_of(compared)
+    assert sorted(r.info.run_id for r in after) == sorted(r.info.run_id for r in before)
+    assert len(client.search_runs([exp.experiment_id], max_results=1000)) == n_runs  # nothing trained, nothing added
+    assert "verdicts (Welch" in proc.stdout  # the report is written again from the same runs
 
 
 # ------------------------------------------------------------------ intervals and verdicts, from tables built by hand
