@@ -38,7 +38,7 @@ def finalize(
     if spec.eval.paper_protocol:
         from bench.paper import score_paper_protocol
 
-        score_paper_protocol(study, spec, tracker, data, device)
+        score_paper_protocol(study, tracker, data, device)
     if not compare:
         return
     from bench.compare import report_dir as default_dir

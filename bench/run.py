@@ -198,7 +198,9 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags
     t1 = time.monotonic()
     if not args.no_finalize:
         complete = count(study, FINISHED_STATES) >= spec.n_trials
-        claim = claim_finalizer(study)
+        # more replicate seeds than last time (--replicates) are a new ending to write, for a study that did not grow
+        seeds = spec.replicate_seeds if complete and not args.no_baselines else ()
+        claim = claim_finalizer(study, stage="+seeds" + ",".join(map(str, seeds)) if seeds else "")
         if claim:
             finalize(study, spec, tracker, parent, data, v.device, run_baselines=complete and not args.no_baselines,
                      report_dir=args.report_dir, progress=progress)

@@ -147,17 +147,28 @@ def test_bench_report_without_a_study_exits_2_in_one_line(tmp_path):
     assert not (tmp_path / "none.db").exists()
 
 
-def test_rerunning_the_study_trains_no_replicate_again(compared):
+def test_rerunning_trains_no_replicate_again_and_more_replicates_add_only_the_new_seed(compared):
     client, before = replicate_runs_of(compared)
     exp = client.get_experiment_by_name("smoke")
-    n_runs = len(client.search_runs([exp.experiment_id], max_results=1000))
+    count = lambda: len(client.search_runs([exp.experiment_id], max_results=1000))  # noqa: E731
+    n_runs = count()
     args = [a for a in compared.args("smoke") if a != "--no-baselines"]
-    proc = run_cli(args, compared.cwd)
+    proc = run_cli(args, compared.cwd)  # the same command: nothing to do
+    assert proc.returncode == 0, proc.stderr
+    assert count() == n_runs
+
+    proc = run_cli([*args, "--replicates", "3"], compared.cwd)  # seeds 1, 2 are done: only seed 3 is trained
     assert proc.returncode == 0, proc.stderr
     _, after = replicate_runs_of(compared)
-    assert sorted(r.info.run_id for r in after) == sorted(r.info.run_id for r in before)
-    assert len(client.search_runs([exp.experiment_id], max_results=1000)) == n_runs  # nothing trained, nothing added
-    assert "verdicts (Welch" in proc.stdout  # the report is written again from the same runs
+    old = {r.info.run_id for r in before}
+    new = [r for r in after if r.info.run_id not in old]
+    assert old <= {r.info.run_id for r in after}
+    assert sorted((r.data.tags["model"], r.data.tags["latent_dim"], r.data.tags["seed"]) for r in new) == sorted(
+        (m, str(d), "3") for m in MODELS for d in LATENTS)
+    assert count() == n_runs + len(MODELS) * len(LATENTS)
+    table = pd.read_csv(compared.cwd / "reports" / "smoke" / "comparison.csv")
+    assert (table["n"] == 3).all()
+    assert "verdicts (Welch" in proc.stdout
 
 
 # ------------------------------------------------------------------ intervals and verdicts, from tables built by hand
