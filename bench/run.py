@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         "then the baselines (autoencoder, PCA) and a comparison report.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--study", default=DEFAULT_STUDY, help="a study shipped in studies/ (latent, smoke, seed, ci) or a path to a .toml file")
+    p.add_argument("--study", default=DEFAULT_STUDY, help="a study shipped in studies/ (latent, smoke, seed, ci, burda) or a path to a .toml file")
     p.add_argument("--n-trials", type=int, default=None, help="trials in total across all workers and resumes (default: the study file's)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the study file's)")
     p.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts (default: the study file's, else none)")

@@ -108,6 +108,15 @@ def test_bad_replicates_flag_and_a_paper_protocol_on_a_cut_test_set_are_refused(
         load_spec(str(path))
 
 
+def test_burda_study_is_the_papers_one_layer_vae_scored_with_their_protocol():
+    spec = load_spec("burda")
+    m = spec.model
+    assert (m.hidden_layers, m.hidden_width, m.latent_dim, m.activation, m.beta) == (2, 200, 50, "tanh", 1.0)
+    assert spec.data.binarize == "dynamic" and spec.data.test_limit is None and spec.data.limit is None
+    assert spec.train.batch_size == 20 and spec.eval.paper_protocol and spec.search == ()
+    assert not load_spec("latent").eval.paper_protocol  # off unless a study asks for it
+
+
 def test_study_name_resolves_from_another_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert load_spec("smoke").path == STUDIES_DIR / "smoke.toml"
@@ -129,7 +138,7 @@ def test_study_name_defaults_to_the_file_name(tmp_path):
 def test_missing_file_and_unknown_name_are_bench_errors(tmp_path):
     with pytest.raises(BenchError, match="does not exist"):
         load_spec(str(tmp_path / "absent.toml"))
-    with pytest.raises(BenchError, match=r"unknown study 'nope'; available: ci, latent, seed, smoke"):
+    with pytest.raises(BenchError, match=r"unknown study 'nope'; available: burda, ci, latent, seed, smoke"):
         load_spec("nope")
 
 
