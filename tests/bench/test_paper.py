@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.paper import PAPER_KEYS, PAPER_SECONDS_TAG, paper_nll, score_paper_protocol
+from bench.paper import BATCH_IMAGES, CHUNK_SAMPLES, PAPER_KEYS, PAPER_SECONDS_TAG, paper_nll, score_paper_protocol
 from vae.evaluate import iwae_nll_per_image
 from vae.train import TrainConfig, save_checkpoint
 
@@ -16,7 +16,7 @@ from vae.train import TrainConfig, save_checkpoint
 def test_paper_nll_is_the_mean_of_per_image_bounds_and_their_standard_error(trained_vae, small_mnist):
     x = small_mnist.test.x[:150]
     got = paper_nll(trained_vae, x, seed=2, k=7)
-    per = iwae_nll_per_image(trained_vae, x, k=7, batch_size=100, chunk=500, seed=2)
+    per = iwae_nll_per_image(trained_vae, x, k=7, batch_size=BATCH_IMAGES, chunk=CHUNK_SAMPLES, seed=2)
     assert got[PAPER_KEYS[0]] == pytest.approx(per.mean().item(), rel=1e-12)
     assert got[PAPER_KEYS[1]] == pytest.approx(per.std().item() / 150**0.5, rel=1e-9)
 

@@ -147,16 +147,23 @@ def test_bench_report_without_a_study_exits_2_in_one_line(tmp_path):
     assert not (tmp_path / "none.db").exists()
 
 
-def test_rerunning_trains_no_replicate_again_and_more_replicates_add_only_the_new_seed(compared):
+def test_rerunning_the_same_command_trains_no_replicate_again(compared):
+    client, before = replicate_runs_of(compared)
+    exp = client.get_experiment_by_name("smoke")
+    n_runs = len(client.search_runs([exp.experiment_id], max_results=1000))
+    proc = run_cli([a for a in compared.args("smoke") if a != "--no-baselines"], compared.cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert len(client.search_runs([exp.experiment_id], max_results=1000)) == n_runs
+    assert sorted(r.info.run_id for r in replicate_runs_of(compared)[1]) == sorted(r.info.run_id for r in before)
+
+
+@pytest.mark.slow  # trains 6 more runs: about a minute on 2 idle cores
+def test_more_replicates_train_only_the_new_seed(compared):
     client, before = replicate_runs_of(compared)
     exp = client.get_experiment_by_name("smoke")
     count = lambda: len(client.search_runs([exp.experiment_id], max_results=1000))  # noqa: E731
     n_runs = count()
     args = [a for a in compared.args("smoke") if a != "--no-baselines"]
-    proc = run_cli(args, compared.cwd)  # the same command: nothing to do
-    assert proc.returncode == 0, proc.stderr
-    assert count() == n_runs
-
     proc = run_cli([*args, "--replicates", "3"], compared.cwd)  # seeds 1, 2 are done: only seed 3 is trained
     assert proc.returncode == 0, proc.stderr
     _, after = replicate_runs_of(compared)
