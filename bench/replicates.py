@@ -20,16 +20,11 @@ from bench.fd_classifier import FDClassifier, load_classifier
 from bench.objective import run_params, run_tags
 from bench.scores import score_model
 from bench.spec import StudySpec
-from bench.tracking import ROLE_TAG, Tracker
+from bench.tracking import REPLICATE_OF_TAG, REPLICATE_ROLE, REPLICATE_TRIAL_TAG, ROLE_TAG, SEED_TAG, Tracker
 from vae.data import Corruption, Datasets
 from vae.evaluate import final_metrics
 from vae.model import ModelConfig, build_model
 from vae.train import TrainConfig, fit, seed_everything
-
-REPLICATE_ROLE = "replicate"  # value of ROLE_TAG on a replicate run
-SEED_TAG = "seed"  # the replicate's seed: training, binarization, FD draws, corruption noise
-REPLICATE_OF_TAG = "replicate_of"  # MLflow run id of the best trial whose configuration it replicates
-REPLICATE_TRIAL_TAG = "replicate_of_trial"  # that trial's number
 
 
 @dataclass(frozen=True)

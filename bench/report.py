@@ -20,6 +20,7 @@ import pandas as pd
 from bench.errors import BenchError, HelpFormatter, cli_main
 from bench.metrics import COMPARED, VAE_TEST, better
 from bench.stats import ALPHA, LEVEL, holm, t_interval, welch_p
+from bench.tracking import REPLICATE_OF_TAG, REPLICATE_ROLE, ROLE_TAG, SEED_TAG
 
 # metrics every model has, in the order the table shows them, with the direction that is better
 SHARED_METRICS = {m: better(m) for m in COMPARED}
@@ -27,7 +28,6 @@ PAPER_METRICS = ["test/nll_iw_k5000", "test/nll_iw_k5000_se"]  # on the study's 
 VAE_METRICS = [*VAE_TEST, *PAPER_METRICS]
 MODELS = ("vae", "ae", "pca")
 HW, N = ".hw95", ".n"  # suffixes of a metric's interval half-width and replicate count columns
-REPLICATE_ROLE = "replicate"  # bench.replicates.REPLICATE_ROLE (not imported: that module pulls in torch)
 NA = "n/a"
 
 
@@ -72,17 +72,17 @@ def compared_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 def replicate_runs(runs: pd.DataFrame, compared: pd.DataFrame) -> pd.DataFrame:
     """The FINISHED replicate runs of the configurations now compared (replicate_of a compared VAE run)."""
-    role = runs.get("tags.vaebench.role")
-    if runs.empty or role is None or "tags.replicate_of" not in runs:
+    role, of = runs.get(f"tags.{ROLE_TAG}"), f"tags.{REPLICATE_OF_TAG}"
+    if runs.empty or role is None or of not in runs:
         return pd.DataFrame()
     current = set(compared.loc[compared["model"] == "vae", "run_id"])
-    keep = (role == REPLICATE_ROLE) & (runs["status"] == "FINISHED") & runs["tags.replicate_of"].isin(current)
+    keep = (role == REPLICATE_ROLE) & (runs["status"] == "FINISHED") & runs[of].isin(current)
     out = runs[keep].copy()
     if out.empty:
         return pd.DataFrame()
     out["model"] = out["tags.model"]
     out["latent_dim"] = out["tags.latent_dim"].astype(int)
-    out["seed"] = out["tags.seed"].astype(int)
+    out["seed"] = out[f"tags.{SEED_TAG}"].astype(int)
     cols = [c for c in out if c.startswith("metrics.test/")]
     out = out[["run_id", "model", "latent_dim", "seed", *cols]].rename(columns=lambda c: c.removeprefix("metrics."))
     return out.sort_values(["latent_dim", "model", "seed"]).drop_duplicates(["model", "latent_dim", "seed"], keep="last")
