@@ -1,4 +1,4 @@
-"""The end of a study: the parent run's summary, then baselines and the report when asked for.
+"""The end of a study: the parent run's summary, then baselines, seed replicates, the paper-protocol NLL and the report.
 
 Called by whichever worker sees the study complete; every step is safe to repeat.
 """
@@ -26,16 +26,25 @@ def finalize(
     progress: bool,
 ) -> None:
     summarize(study, spec, tracker, parent_run_id)
-    if not (run_baselines and spec.baselines.models):
+    if not run_baselines:
         return
-    from bench.compare import report_dir as default_dir, run_comparison
+    compare = bool(spec.baselines.models or spec.replicate_seeds)
+    if compare:
+        from bench.compare import run_comparison
+        from bench.replicates import run_replicates
+
+        run_comparison(study, spec, tracker, parent_run_id, data, device, progress)
+        run_replicates(study, spec, tracker, parent_run_id, data, device, progress)
+    if spec.eval.paper_protocol:
+        from bench.paper import score_paper_protocol
+
+        score_paper_protocol(study, tracker, data, device)
+    if not compare:
+        return
+    from bench.compare import report_dir as default_dir
     from bench.report import make_report
 
-    run_comparison(study, spec, tracker, parent_run_id, data, device, progress)
     out = default_dir(spec, report_dir)
     report = make_report(tracker, spec.name, parent_run_id, out)
-    import pandas as pd  # the table is the result: printed with or without progress bars
-
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print("\n" + report.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print("\n" + report.printed())  # the table is the result: printed with or without progress bars
     print(f"report: {out}/comparison.md")

@@ -24,17 +24,22 @@ def latent_scatter(codes: np.ndarray, labels: np.ndarray, title: str = "test cod
     return fig
 
 
-def metric_vs_latent(table, metric: str, title: str | None = None):
+def metric_vs_latent(table, metric: str, title: str | None = None, hw_suffix: str = ".hw95"):
     """One line per model of `metric` against latent size (log2 x axis); `table` is a DataFrame
-    with columns model, latent_dim and the metric."""
+    with columns model, latent_dim and the metric, and optionally `metric + hw_suffix`: the
+    half-width of each point's interval, drawn as an error bar."""
     fig, ax = plt.subplots(figsize=(5.6, 4.0), dpi=110)
+    hw = metric + hw_suffix
     for model, group in table.groupby("model"):
         g = group.sort_values("latent_dim")
-        ax.plot(g["latent_dim"], g[metric], marker="o", label=model)
+        if hw in g and g[hw].notna().any():
+            ax.errorbar(g["latent_dim"], g[metric], yerr=g[hw].fillna(0), marker="o", capsize=3, label=model)
+        else:
+            ax.plot(g["latent_dim"], g[metric], marker="o", label=model)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("latent size")
     ax.set_ylabel(metric)
-    ax.set_title(title or metric)
+    ax.set_title(title or (f"{metric} (mean ± 95 % interval)" if hw in table else metric))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

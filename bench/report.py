@@ -2,6 +2,8 @@
 
 Builds the comparison table (Markdown and CSV), metric-vs-latent-size plots and side-by-side
 image grids from the study's runs, writes them to a folder and to the parent run's artifacts.
+With seed replicates every cell is mean ± 95 % t-interval over them, and a model is named the
+winner of a (metric, latent size) only when Welch's test, Holm-adjusted across the table, says so.
 """
 
 from __future__ import annotations
@@ -9,25 +11,51 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from bench.errors import BenchError, HelpFormatter, cli_main
 from bench.metrics import COMPARED, VAE_TEST, better
+from bench.stats import ALPHA, LEVEL, holm, t_interval, welch_p
+from bench.tracking import REPLICATE_OF_TAG, REPLICATE_ROLE, ROLE_TAG, SEED_TAG
 
 # metrics every model has, in the order the table shows them, with the direction that is better
 SHARED_METRICS = {m: better(m) for m in COMPARED}
-VAE_METRICS = list(VAE_TEST)
+PAPER_METRICS = ["test/nll_iw_k5000", "test/nll_iw_k5000_se"]  # on the study's best VAE only, when asked for
+VAE_METRICS = [*VAE_TEST, *PAPER_METRICS]
 MODELS = ("vae", "ae", "pca")
+HW, N = ".hw95", ".n"  # suffixes of a metric's interval half-width and replicate count columns
+NA = "n/a"
 
 
 @dataclass
 class Report:
-    table: pd.DataFrame  # one row per (model, latent_dim), the shared metrics
-    vae_table: pd.DataFrame  # one row per latent_dim, the VAE-only metrics
+    table: pd.DataFrame  # one row per (model, latent_dim): the shared metrics (means over replicates, with HW and N columns)
+    vae_table: pd.DataFrame  # one row per latent_dim, the VAE-only metrics (the same way)
     runs: pd.DataFrame  # the compared runs (run_id, model, latent_dim)
+    replicates: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per replicate run: model, latent_dim, seed, metrics
+    verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (latent_dim, metric, other model): the tests
+
+    @property
+    def has_replicates(self) -> bool:
+        return not self.replicates.empty
+
+    def verdict_table(self) -> pd.DataFrame:
+        """latent_dim x metric: the significant winner, "tie: ..." or "n/a"."""
+        return verdict_table(self.verdicts, self.table)
+
+    def printed(self) -> str:
+        """What the CLIs print: the table (with intervals and n when there are replicates) and the verdicts."""
+        with pd.option_context("display.width", 250, "display.max_columns", 40, "display.max_colwidth", 40):
+            if not self.has_replicates:
+                return self.table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+            return (display_table(self.table, list(SHARED_METRICS)).to_string(index=False)
+                    + f"\n\nmean ± {LEVEL:.0%} t-interval half-width over n seed replicates\n"
+                    + f"verdicts (Welch t-test of the best mean against each other model, Holm-adjusted "
+                    + f"across the table, alpha {ALPHA}):\n" + self.verdict_table().to_string(index=False))
 
 
 def compared_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -42,19 +70,143 @@ def compared_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["latent_dim", "model"]).drop_duplicates(["model", "latent_dim"], keep="last")
 
 
+def replicate_runs(runs: pd.DataFrame, compared: pd.DataFrame) -> pd.DataFrame:
+    """The FINISHED replicate runs of the configurations now compared (replicate_of a compared VAE run)."""
+    role, of = runs.get(f"tags.{ROLE_TAG}"), f"tags.{REPLICATE_OF_TAG}"
+    if runs.empty or role is None or of not in runs:
+        return pd.DataFrame()
+    current = set(compared.loc[compared["model"] == "vae", "run_id"])
+    keep = (role == REPLICATE_ROLE) & (runs["status"] == "FINISHED") & runs[of].isin(current)
+    out = runs[keep].copy()
+    if out.empty:
+        return pd.DataFrame()
+    out["model"] = out["tags.model"]
+    out["latent_dim"] = out["tags.latent_dim"].astype(int)
+    out["seed"] = out[f"tags.{SEED_TAG}"].astype(int)
+    cols = [c for c in out if c.startswith("metrics.test/")]
+    out = out[["run_id", "model", "latent_dim", "seed", *cols]].rename(columns=lambda c: c.removeprefix("metrics."))
+    return out.sort_values(["latent_dim", "model", "seed"]).drop_duplicates(["model", "latent_dim", "seed"], keep="last")
+
+
+def aggregate(reps: pd.DataFrame, metrics: list[str], by: list[str]) -> pd.DataFrame:
+    """One row per group of replicates: for each metric its mean, 95 % t half-width (HW) and n (N)."""
+    rows = []
+    for keys, g in reps.groupby(by):
+        row = dict(zip(by, keys if isinstance(keys, tuple) else (keys,)))
+        row["n"] = len(g)
+        for m in metrics:
+            if m in g:
+                row[m], row[m + HW], row[m + N] = t_interval(g[m].tolist())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _order(df: pd.DataFrame) -> pd.DataFrame:
+    order = {m: i for i, m in enumerate(MODELS)}
+    return df.sort_values(["latent_dim", "model"], key=lambda s: s.map(order) if s.name == "model" else s).reset_index(drop=True)
+
+
 def build_report(runs: pd.DataFrame) -> Report:
     """The comparison tables from a study's child runs (mlflow.search_runs output)."""
     sel = compared_runs(runs)
     if sel.empty:
         raise BenchError("the study has no compared runs yet: run it to the end with its [baselines] first")
-    cols = [f"metrics.{m}" for m in SHARED_METRICS if f"metrics.{m}" in sel]
-    table = sel[["model", "latent_dim", *cols]].rename(columns=lambda c: c.removeprefix("metrics."))
-    order = {m: i for i, m in enumerate(MODELS)}
-    table = table.sort_values(["latent_dim", "model"], key=lambda s: s.map(order) if s.name == "model" else s)
     vae = sel[sel["model"] == "vae"]
     vcols = [f"metrics.{m}" for m in VAE_METRICS if f"metrics.{m}" in vae]
     vae_table = vae[["latent_dim", *vcols]].rename(columns=lambda c: c.removeprefix("metrics.")).sort_values("latent_dim")
-    return Report(table.reset_index(drop=True), vae_table.reset_index(drop=True), sel[["run_id", "model", "latent_dim"]])
+    reps = replicate_runs(runs, sel)
+    if not reps.empty:
+        return replicate_report(reps, sel[["run_id", "model", "latent_dim"]], vae_table.reset_index(drop=True))
+    cols = [f"metrics.{m}" for m in SHARED_METRICS if f"metrics.{m}" in sel]
+    table = _order(sel[["model", "latent_dim", *cols]].rename(columns=lambda c: c.removeprefix("metrics.")))
+    return Report(table, vae_table.reset_index(drop=True), sel[["run_id", "model", "latent_dim"]],
+                  verdicts=significance_tests(table, None))
+
+
+def replicate_report(reps: pd.DataFrame, runs: pd.DataFrame, compared_vae: pd.DataFrame | None = None) -> Report:
+    """The report of a study with replicates: every cell aggregated over them, and the verdicts.
+
+    The VAE table's paper-protocol NLL (k = 5000), measured once on the compared run, is taken from
+    `compared_vae` (columns latent_dim and the PAPER_METRICS it has).
+    """
+    table = _order(aggregate(reps, [m for m in SHARED_METRICS if m in reps], ["model", "latent_dim"]))
+    vae_reps = reps[reps["model"] == "vae"]
+    vae_table = aggregate(vae_reps, [m for m in VAE_TEST if m in vae_reps], ["latent_dim"])
+    if compared_vae is not None and not vae_table.empty:
+        paper = [m for m in PAPER_METRICS if m in compared_vae and compared_vae[m].notna().any()]
+        if paper:
+            vae_table = vae_table.merge(compared_vae[["latent_dim", *paper]], on="latent_dim", how="left")
+    return Report(table, vae_table, runs, replicates=reps.reset_index(drop=True), verdicts=significance_tests(table, reps))
+
+
+def significance_tests(table: pd.DataFrame, reps: pd.DataFrame | None, alpha: float = ALPHA) -> pd.DataFrame:
+    """For each (latent size, metric): the best model by mean, Welch-tested against each other model.
+
+    One row per (latent_dim, metric, other model) with both means, the raw p-value and the Holm-adjusted one
+    (the family is every test in the table). Without replicates (reps None or empty) p is NaN: no verdict.
+    """
+    rows = []
+    for latent, g in table.groupby("latent_dim"):
+        for m, direction in SHARED_METRICS.items():
+            if m not in g or g[m].notna().sum() < 2:
+                continue
+            g2 = g[g[m].notna()]
+            best = g2.loc[g2[m].idxmax() if direction == "higher" else g2[m].idxmin()]
+            for _, other in g2[g2["model"] != best["model"]].iterrows():
+                p = math.nan
+                if reps is not None and not reps.empty:
+                    sample = lambda model: reps.loc[(reps["model"] == model) & (reps["latent_dim"] == latent), m].tolist()  # noqa: E731
+                    p = welch_p(sample(best["model"]), sample(other["model"]))
+                rows.append({"latent_dim": latent, "metric": m, "better": direction, "best": best["model"],
+                             "other": other["model"], "best_mean": best[m], "other_mean": other[m], "p": p})
+    out = pd.DataFrame(rows, columns=["latent_dim", "metric", "better", "best", "other", "best_mean", "other_mean", "p"])
+    out["p_holm"] = holm(out["p"].tolist()) if len(out) else []
+    out["significant"] = out["p_holm"] < alpha  # NaN compares False
+    return out
+
+
+def verdict_table(verdicts: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """latent_dim x metric: the best model when it beats every other significantly, "tie: a, b" when some
+    other model is within the noise (the models the data cannot tell apart), "n/a" without a test."""
+    rows = []
+    for latent in sorted(table["latent_dim"].unique()):
+        row = {"latent_dim": latent}
+        for m in SHARED_METRICS:
+            if m not in table:
+                continue
+            v = verdicts[(verdicts["latent_dim"] == latent) & (verdicts["metric"] == m)]
+            if v.empty or v["p"].isna().any():
+                row[m] = NA
+            elif v["significant"].all():
+                row[m] = v["best"].iloc[0]
+            else:
+                row[m] = "tie: " + ", ".join([v["best"].iloc[0], *v.loc[~v["significant"], "other"]])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def fmt_cell(mean: float, hw: float, n: int | None = None, row_n: int | None = None) -> str:
+    """'mean ± half-width', 4 significant digits; '(n=k)' when this cell has fewer replicates than its row."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return ""
+    text = f"{mean:.4g}" if hw is None or math.isnan(hw) else f"{mean:.4g} ± {hw:.2g}"
+    return text + (f" (n={n})" if n is not None and row_n is not None and n != row_n else "")
+
+
+def display_table(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """The aggregated table as text cells: keys, n, then 'mean ± hw' per metric."""
+    keys = [c for c in ("model", "latent_dim") if c in table]
+    out = table[keys].copy()
+    if "n" in table:
+        out["n"] = table["n"].astype(int)
+    for m in metrics:
+        if m not in table:
+            continue
+        if m + HW in table:
+            out[m] = [fmt_cell(r[m], r[m + HW], int(r[m + N]), int(r["n"])) for _, r in table.iterrows()]
+        else:
+            out[m] = [fmt_cell(v, math.nan) for v in table[m]]
+    return out
 
 
 def winners(table: pd.DataFrame) -> pd.DataFrame:
@@ -88,14 +240,29 @@ def write_report(report: Report, out: Path, tracker=None, study: str = "") -> li
     files = []
     report.table.to_csv(out / "comparison.csv", index=False)
     report.vae_table.to_csv(out / "vae_metrics.csv", index=False)
-    best = winners(report.table)
-    md = [f"# {study}: VAE vs autoencoder vs PCA", "",
-          "Test set, nats per image for BCE, squared error per image for MSE; accuracies in [0, 1]; "
-          "sample_fd is a Fréchet distance (lower is better).", "",
-          to_markdown(report.table), "", "## Best model per latent size", "", to_markdown(best), "",
-          "## VAE only", "", to_markdown(report.vae_table), ""]
+    report.verdicts.to_csv(out / "verdicts.csv", index=False)
+    head = [f"# {study}: VAE vs autoencoder vs PCA", "",
+            "Test set, nats per image for BCE, squared error per image for MSE; accuracies in [0, 1]; "
+            "sample_fd is a Fréchet distance (lower is better).", ""]
+    verdict_note = (f"Welch t-test of the best mean against each other model, p-values Holm-adjusted across the "
+                    f"whole table (family-wise alpha {ALPHA}); a winner is named only when it beats every other "
+                    f"model, \"tie\" lists the models the replicates cannot tell apart.")
+    if report.has_replicates:
+        seeds = sorted(report.replicates["seed"].unique())
+        md = [*head, f"Each cell: mean ± {LEVEL:.0%} t-interval half-width over n seed replicates "
+              f"(seeds {', '.join(map(str, seeds))}: each compared configuration trained again, every random draw of "
+              "its scoring from the seed); not the selected trial itself.", "",
+              to_markdown(display_table(report.table, list(SHARED_METRICS))), "",
+              "## Verdicts", "", verdict_note, "", to_markdown(report.verdict_table()), "",
+              "## VAE only", "", to_markdown(display_table(report.vae_table, [m for m in VAE_METRICS if m in report.vae_table])), ""]
+    else:
+        md = [*head, "One run per cell (n = 1): no intervals, and no verdicts (add [replicates] to the study).", "",
+              to_markdown(report.table), "", "## Best model per latent size", "",
+              "By point estimate; whether the differences beat the noise is unknown without replicates.", "",
+              to_markdown(winners(report.table)), "", "## Verdicts", "", verdict_note, "",
+              to_markdown(report.verdict_table()), "", "## VAE only", "", to_markdown(report.vae_table), ""]
     (out / "comparison.md").write_text("\n".join(md), encoding="utf-8")
-    files += [out / "comparison.csv", out / "vae_metrics.csv", out / "comparison.md"]
+    files += [out / "comparison.csv", out / "vae_metrics.csv", out / "verdicts.csv", out / "comparison.md"]
     for m in SHARED_METRICS:
         if m in report.table:
             fig = metric_vs_latent(report.table, m)
@@ -193,8 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         parent = parents[0].info.run_id
     out = Path(args.out or f"reports/{args.study}")
     report = make_report(tracker, args.study, parent, out, log=not args.no_log)
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(report.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(report.printed())
     print(f"\nreport written to {out}/comparison.md" + ("" if args.no_log else f" and logged to run {parent}"))
     return 0
 

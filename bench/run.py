@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         "then the baselines (autoencoder, PCA) and a comparison report.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--study", default=DEFAULT_STUDY, help="a study shipped in studies/ (latent, smoke, seed, ci) or a path to a .toml file")
+    p.add_argument("--study", default=DEFAULT_STUDY, help="a study shipped in studies/ (latent, smoke, seed, ci, burda) or a path to a .toml file")
     p.add_argument("--n-trials", type=int, default=None, help="trials in total across all workers and resumes (default: the study file's)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the study file's)")
     p.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts (default: the study file's, else none)")
@@ -37,11 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="folder with MNIST/raw and FashionMNIST/raw (default: $VAE_DATA_DIR, else ./data, downloaded there if missing)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to train")
     p.add_argument("--seed", type=int, default=None, help="overrides the training and sampler seeds (default: the study file's)")
+    p.add_argument("--replicates", type=int, default=None, help="seed replicates of each compared configuration, seeds train.seed+1 .. train.seed+N (default: the study file's [replicates], else none)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes sharing the study")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: CPU cores / workers)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--epoch-progress", action="store_true", help="also show a progress bar per epoch")
-    p.add_argument("--no-baselines", action="store_true", help="skip the baselines and the report at the end")
+    p.add_argument("--no-baselines", action="store_true", help="skip everything after the search: baselines, seed replicates, the paper-protocol NLL and the report")
     p.add_argument("--report-dir", default=None, help="where the comparison report is written (default: reports/<study>)")
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--no-finalize", action="store_true", help=argparse.SUPPRESS)
@@ -67,7 +68,7 @@ def validate(args: argparse.Namespace) -> Validated:
     from vae.train import resolve_device
 
     spec = load_spec(args.study).with_overrides(
-        n_trials=args.n_trials, epochs=args.epochs, timeout_s=args.timeout, seed=args.seed
+        n_trials=args.n_trials, epochs=args.epochs, timeout_s=args.timeout, seed=args.seed, replicates=args.replicates
     )
     if args.workers < 1 or args.workers > 64:
         raise BenchError(f"--workers must be between 1 and 64, got {args.workers}")
@@ -197,7 +198,9 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags
     t1 = time.monotonic()
     if not args.no_finalize:
         complete = count(study, FINISHED_STATES) >= spec.n_trials
-        claim = claim_finalizer(study)
+        # more replicate seeds than last time (--replicates) are a new ending to write, for a study that did not grow
+        seeds = spec.replicate_seeds if complete and not args.no_baselines else ()
+        claim = claim_finalizer(study, stage="+seeds" + ",".join(map(str, seeds)) if seeds else "")
         if claim:
             finalize(study, spec, tracker, parent, data, v.device, run_baselines=complete and not args.no_baselines,
                      report_dir=args.report_dir, progress=progress)

@@ -136,8 +136,11 @@ class EvalSpec:
 
     iw_samples: int = 100  # k of the importance-weighted NLL (test/nll_iw)
     iw_images: int | None = None  # test images used for test/nll_iw; None = all
+    paper_protocol: bool = False  # also score the best VAE with k = 5000 on the full test set (test/nll_iw_k5000): minutes on a CPU
 
     def __post_init__(self) -> None:
+        if not isinstance(self.paper_protocol, bool):
+            raise ValueError(f"eval.paper_protocol must be true or false, got {self.paper_protocol!r}")
         if isinstance(self.iw_samples, bool) or not isinstance(self.iw_samples, int) or not 1 <= self.iw_samples <= 100_000:
             raise ValueError(f"eval.iw_samples must be an integer in [1, 100000], got {self.iw_samples!r}")
         if self.iw_images is not None and (isinstance(self.iw_images, bool) or not isinstance(self.iw_images, int) or self.iw_images < 1):
@@ -161,6 +164,48 @@ class BaselineSpec:
             raise ValueError(f"baselines.fd_samples must be an integer in [100, 100000], got {self.fd_samples!r}")
 
 
+MAX_SEED = 2**32 - 1  # TrainConfig's bound
+MAX_REPLICATES = 1000
+
+
+@dataclass(frozen=True)
+class ReplicateSpec:
+    """Seed replicates of each compared configuration, trained after the search.
+
+    `seeds` is a count N (seeds train.seed + 1 .. train.seed + N, never the search's own
+    seed) or an explicit list of distinct seeds; None: no replicates.
+    """
+
+    seeds: int | tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        s = self.seeds
+        if s is None:
+            return
+        if isinstance(s, tuple):
+            if not s:
+                raise ValueError("seeds must be a count >= 1 or a non-empty list of seeds, got []")
+            for v in s:
+                if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SEED:
+                    raise ValueError(f"seeds: every seed must be an integer in [0, {MAX_SEED}], got {v!r}")
+            dup = sorted({v for v in s if s.count(v) > 1})
+            if dup:
+                raise ValueError(f"seeds lists seed {', '.join(map(str, dup))} more than once: {list(s)}")
+            return
+        if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= MAX_REPLICATES:
+            raise ValueError(
+                f"seeds must be a count in [1, {MAX_REPLICATES}] or a list of seeds, got {s!r}"
+            )
+
+    def resolve(self, search_seed: int) -> tuple[int, ...]:
+        """The seeds to train: the list as given, or search_seed + 1 .. search_seed + N."""
+        if self.seeds is None:
+            return ()
+        if isinstance(self.seeds, tuple):
+            return self.seeds
+        return tuple(range(search_seed + 1, search_seed + self.seeds + 1))
+
+
 @dataclass(frozen=True)
 class StudySpec:
     """A whole study: what is searched, on what data, how trials are judged and compared."""
@@ -178,6 +223,7 @@ class StudySpec:
     search: tuple[SearchParam, ...] = ()
     eval: EvalSpec = field(default_factory=EvalSpec)
     baselines: BaselineSpec = field(default_factory=BaselineSpec)
+    replicates: ReplicateSpec = field(default_factory=ReplicateSpec)
     path: Path | None = None  # the file it was read from
     text: str = ""  # the file's text, logged with the study
 
@@ -199,6 +245,19 @@ class StudySpec:
             isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or self.timeout_s <= 0
         ):
             raise ValueError(f"study.timeout_s must be a positive number of seconds, got {self.timeout_s!r}")
+        seeds = self.replicate_seeds
+        if self.train.seed in seeds:
+            raise ValueError(
+                f"replicates.seeds includes {self.train.seed}, the search's train.seed: a replicate must not "
+                "reuse the draw the best trial was selected on; choose other seeds"
+            )
+        if seeds and seeds[-1] > MAX_SEED:
+            raise ValueError(f"replicates.seeds: train.seed + {len(seeds)} exceeds {MAX_SEED}")
+        if self.eval.paper_protocol and self.data.test_limit is not None:
+            raise ValueError(
+                "eval.paper_protocol scores the full 10,000-image test set; remove data.test_limit "
+                f"(it is {self.data.test_limit}) or set paper_protocol = false"
+            )
         covered = [p.name for p in self.search if p.cover]
         if len(covered) > 1:
             raise ValueError(f"cover = true on {', '.join(covered)}: at most one searched parameter may be covered")
@@ -208,6 +267,11 @@ class StudySpec:
                     p.grid_values()
                 except ValueError as exc:
                     raise ValueError(str(exc)) from None
+
+    @property
+    def replicate_seeds(self) -> tuple[int, ...]:
+        """The seeds each compared configuration is trained again with; () without replicates."""
+        return self.replicates.resolve(self.train.seed)
 
     @property
     def searched(self) -> tuple[str, ...]:
@@ -227,7 +291,7 @@ class StudySpec:
         return (self.model.latent_dim,)
 
     def with_overrides(self, **overrides: Any) -> "StudySpec":
-        """Apply CLI overrides (n_trials, epochs, timeout_s, seed) that are not None."""
+        """Apply CLI overrides (n_trials, epochs, timeout_s, seed, replicates) that are not None."""
         o = {k: v for k, v in overrides.items() if v is not None}
         spec = self
         if "n_trials" in o:
@@ -241,7 +305,14 @@ class StudySpec:
                 spec,
                 train=_replace(spec.train, seed=o["seed"], where="--seed"),
                 sampler=_replace(spec.sampler, seed=o["seed"], where="--seed"),
+                where="--seed",
             )
+        if "replicates" in o:
+            try:
+                replicates = ReplicateSpec(seeds=o["replicates"])
+            except ValueError as exc:
+                raise BenchError(f"--replicates: {exc}") from None
+            spec = _replace(spec, replicates=replicates, where="--replicates")
         return spec
 
 
@@ -254,7 +325,7 @@ def _replace(obj: Any, where: str | None = None, **changes: Any) -> Any:
 
 # ---------------------------------------------------------------- reading files
 
-SECTIONS = {"study", "data", "model", "train", "search", "eval", "baselines"}
+SECTIONS = {"study", "data", "model", "train", "search", "eval", "baselines", "replicates"}
 STUDY_KEYS = {"name", "metric", "direction", "n_trials", "timeout_s", "sampler", "pruner"}
 
 
@@ -336,6 +407,7 @@ def parse_spec(raw: dict, default_name: str, path: Path | None = None, text: str
         search.append(_build(SearchParam, f"search.{name}", {**p, "name": name}))
     evals = _build(EvalSpec, "eval", _table(raw, "eval"))
     baselines = _build(BaselineSpec, "baselines", _table(raw, "baselines"))
+    replicates = _build(ReplicateSpec, "replicates", _table(raw, "replicates"))
     top = {k: v for k, v in study.items() if k not in ("sampler", "pruner")}
     return StudySpec(
         **{"name": default_name, **top},
@@ -347,6 +419,7 @@ def parse_spec(raw: dict, default_name: str, path: Path | None = None, text: str
         search=tuple(search),
         eval=evals,
         baselines=baselines,
+        replicates=replicates,
         path=path,
         text=text,
     )

@@ -221,14 +221,15 @@ def run_worker(
     return WorkerResult(finished, ran, finished >= spec.n_trials and count(study, ACTIVE_STATES) == 0)
 
 
-def claim_finalizer(study: optuna.Study, settle_s: float = 1.0, stale_s: float = 1800.0) -> str | None:
+def claim_finalizer(study: optuna.Study, settle_s: float = 1.0, stale_s: float = 1800.0, stage: str = "") -> str | None:
     """The claim key if this worker should write the end-of-study results, else None.
 
     Workers that finish together each write their id, wait, and read back: the last
     writer wins. One arriving later finds the claim taken (unless its holder has not
-    marked it done within `stale_s`). A new claim is due when the study has grown.
+    marked it done within `stale_s`). A new claim is due when the study has grown, or
+    when `stage` (what the ending includes, e.g. its replicate seeds) is one not done yet.
     """
-    key = f"finalized_at_{count(study, FINISHED_STATES)}"
+    key = f"finalized_at_{count(study, FINISHED_STATES)}{stage}"
     held = study.user_attrs.get(key, "")
     if held.startswith("done") or (held and not _claim_is_stale(held, stale_s)):
         return None

@@ -25,7 +25,11 @@ from bench.errors import BenchError
 
 log = logging.getLogger(__name__)
 
-ROLE_TAG = "vaebench.role"  # "study" on the parent run, "trial" / "baseline" on children
+ROLE_TAG = "vaebench.role"  # "study" on the parent run, "trial" / "baseline" / REPLICATE_ROLE on children
+REPLICATE_ROLE = "replicate"  # a compared configuration trained again with another seed (bench.replicates)
+SEED_TAG = "seed"  # a replicate's seed: training, binarization, FD draws, corruption noise
+REPLICATE_OF_TAG = "replicate_of"  # MLflow run id of the best trial whose configuration a replicate repeats
+REPLICATE_TRIAL_TAG = "replicate_of_trial"  # that trial's number
 STUDY_TAG = "study"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 VAE_PACKAGE_DIR = PROJECT_DIR / "vae"

@@ -74,15 +74,15 @@ def elbo_metrics(model: nn.Module, x: torch.Tensor, batch_size: int = 2000, seed
 
 @torch.no_grad()
 @in_eval_mode
-def iwae_nll(
+def iwae_nll_per_image(
     model: nn.Module,
     x: torch.Tensor,
     k: int = 5000,
     batch_size: int = 100,
     chunk: int = 500,
     seed: int = 0,
-) -> float:
-    """Importance-weighted estimate of -log p(x), nats per image (lower is better).
+) -> torch.Tensor:
+    """Importance-weighted estimate of -log p(x) for each image, nats, (N,) float64 on the CPU.
 
     log w = log p(x|z) + log p(z) - log q(z|x) for k samples z ~ q(z|x); the bound
     is logsumexp over k - log k (Burda et al. 2015). Samples are drawn `chunk` at
@@ -95,7 +95,7 @@ def iwae_nll(
         raise ValueError(f"k must be >= 1, got {k}")
     dev = _device(model)
     g = torch.Generator(device=dev).manual_seed(seed)
-    total = 0.0
+    out = []
     for xb in x.split(batch_size):
         xb = xb.to(dev)
         mu, logvar = model.encode(xb)  # (B, L)
@@ -107,8 +107,27 @@ def iwae_nll(
             z = mu + std * eps
             log_px = -bernoulli_nll(model.decode(z), xb.expand(m, *xb.shape))  # (m, B)
             log_ws.append(log_px + standard_normal_log_prob(z) - gaussian_log_prob(z, mu, logvar))
-        total += -iwae_bound(torch.cat(log_ws), dim=0).sum().item()
-    return total / x.shape[0]
+        out.append(-iwae_bound(torch.cat(log_ws), dim=0).double().cpu())  # (B,)
+    return torch.cat(out)
+
+
+def iwae_nll(
+    model: nn.Module,
+    x: torch.Tensor,
+    k: int = 5000,
+    batch_size: int = 100,
+    chunk: int = 500,
+    seed: int = 0,
+) -> float:
+    """The mean over x of `iwae_nll_per_image`: nats per image (lower is better)."""
+    return iwae_nll_per_image(model, x, k, batch_size, chunk, seed).mean().item()
+
+
+def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
+    """Mean of per-image values and its standard error std / sqrt(n) (unbiased std; 0 for one value)."""
+    v = values.double()
+    se = v.std(unbiased=True).item() / math.sqrt(len(v)) if len(v) > 1 else 0.0
+    return v.mean().item(), se
 
 
 @torch.no_grad()
@@ -185,10 +204,12 @@ def final_metrics(
     """The end-of-training scores of a VAE on test images (nats per image, higher ELBO is better).
 
     elbo, recon_bce, kl: single-sample, over all of x; nll_iw: IWAE bound with k =
-    iw_samples over the first iw_images images; active_units: a count, not nats.
+    iw_samples over the first iw_images images, nll_iw_se its standard error across
+    those images (how far the mean could move with other test images, not the Monte
+    Carlo noise of k); active_units: a count, not nats.
     """
     out = elbo_metrics(model, x, seed=seed)
     xi = x if iw_images is None else x[:iw_images]
-    out["nll_iw"] = iwae_nll(model, xi, k=iw_samples, seed=seed)
+    out["nll_iw"], out["nll_iw_se"] = mean_and_se(iwae_nll_per_image(model, xi, k=iw_samples, seed=seed))
     out["active_units"] = float(active_units(model, x))
     return out

@@ -239,6 +239,10 @@ BAD_INPUTS = {
     ),
     "epochs-flag-0": BadInput(("--study", "smoke", "--epochs", "0"), ("--epochs: epochs must be an integer in [1, 100000], got 0",)),
     "workers-flag-0": BadInput(("--study", "smoke", "--workers", "0"), ("--workers must be between 1 and 64, got 0",)),
+    "replicates-0": _edit("seeds = 2  #", "seeds = 0  #", ("bad.toml: [replicates] seeds must be a count in [1, 1000]", "got 0")),
+    "replicates-duplicate-seeds": _edit("seeds = 2  #", "seeds = [3, 4, 3]  #", ("bad.toml: [replicates] seeds lists seed 3 more than once",)),
+    "replicates-negative-seed": _edit("seeds = 2  #", "seeds = [3, -4]  #", ("bad.toml: [replicates] seeds: every seed must be an integer", "got -4")),
+    "replicates-flag-0": BadInput(("--study", "smoke", "--replicates", "0"), ("--replicates: seeds must be a count in [1, 1000]", "got 0")),
 }
 
 

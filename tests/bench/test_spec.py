@@ -14,6 +14,9 @@ from bench.spec import STUDIES_DIR, SearchParam, StudySpec, available_studies, l
 from vae.data import DataConfig
 
 
+SMOKE = (STUDIES_DIR / "smoke.toml").read_text()
+
+
 def smoke_raw() -> dict:
     return tomllib.loads((STUDIES_DIR / "smoke.toml").read_text())
 
@@ -41,6 +44,7 @@ def test_latent_study_searches_size_width_and_kl_weight():
     assert spec.n_trials == 16 and spec.train.epochs == 8
     assert (spec.pruner.type, spec.pruner.n_warmup_steps, spec.pruner.n_startup_trials) == ("median", 2, 4)
     assert spec.baselines.models == ("ae", "pca")
+    assert spec.replicate_seeds == (1, 2, 3)  # 3 replicates, none with the search's seed 0
 
 
 def test_seed_study_is_the_fixed_seed_network():
@@ -57,6 +61,60 @@ def test_smoke_study_is_tiny():
     assert spec.n_trials == 3 and spec.train.epochs == 2
     assert (spec.data.limit, spec.data.test_limit, spec.data.val_size) == (2000, 1000, 500)
     assert spec.latent_sizes == (2, 4)
+    assert spec.replicate_seeds == (1, 2)
+
+
+def test_replicates_count_follows_the_training_seed_and_a_list_is_taken_as_given():
+    spec = load_spec("smoke")
+    assert spec.with_overrides(seed=10).replicate_seeds == (11, 12)
+    assert spec.with_overrides(replicates=4).replicate_seeds == (1, 2, 3, 4)
+    assert spec.with_overrides(replicates=1, seed=7).replicate_seeds == (8,)
+    raw = smoke_raw()
+    raw["replicates"] = {"seeds": [13, 11, 12]}
+    assert parse_spec(raw, "x").replicate_seeds == (13, 11, 12)
+    del raw["replicates"]
+    assert parse_spec(raw, "x").replicate_seeds == ()  # no section: no replicates
+    assert load_spec("seed").replicate_seeds == ()
+
+
+@pytest.mark.parametrize(
+    "seeds, message",
+    [
+        (0, r"\[replicates\] seeds must be a count in \[1, 1000\] or a list of seeds, got 0"),
+        (-2, r"\[replicates\] seeds must be a count .* got -2"),
+        (2.5, r"\[replicates\] seeds must be a count .* got 2.5"),
+        ("3", r"\[replicates\] seeds must be a count .* got '3'"),
+        (True, r"\[replicates\] seeds must be a count .* got True"),
+        ([], r"\[replicates\] seeds must be a count >= 1 or a non-empty list"),
+        ([3, -1], r"\[replicates\] seeds: every seed must be an integer in \[0, 4294967295\], got -1"),
+        ([3, 1.5], r"every seed must be an integer .* got 1.5"),
+        ([5, 6, 5, 7, 6], r"\[replicates\] seeds lists seed 5, 6 more than once: \[5, 6, 5, 7, 6\]"),
+        ([0, 1], r"replicates.seeds includes 0, the search's train.seed"),
+    ],
+)
+def test_bad_replicates_are_refused_with_the_key(seeds, message):
+    raw = smoke_raw()
+    raw["replicates"] = {"seeds": seeds}
+    with pytest.raises(ValueError, match=message):
+        parse_spec(raw, "x")
+
+
+def test_bad_replicates_flag_and_a_paper_protocol_on_a_cut_test_set_are_refused(tmp_path):
+    with pytest.raises(BenchError, match=r"^--replicates: seeds must be a count in \[1, 1000\] .* got 0$"):
+        load_spec("smoke").with_overrides(replicates=0)
+    path = tmp_path / "bad.toml"
+    path.write_text(SMOKE.replace("[eval]\n", "[eval]\npaper_protocol = true\n"))
+    with pytest.raises(BenchError, match=rf"^{path}: eval.paper_protocol scores the full 10,000-image test set; remove data.test_limit"):
+        load_spec(str(path))
+
+
+def test_burda_study_is_the_papers_one_layer_vae_scored_with_their_protocol():
+    spec = load_spec("burda")
+    m = spec.model
+    assert (m.hidden_layers, m.hidden_width, m.latent_dim, m.activation, m.beta) == (2, 200, 50, "tanh", 1.0)
+    assert spec.data.binarize == "dynamic" and spec.data.test_limit is None and spec.data.limit is None
+    assert spec.train.batch_size == 20 and spec.eval.paper_protocol and spec.search == ()
+    assert not load_spec("latent").eval.paper_protocol  # off unless a study asks for it
 
 
 def test_study_name_resolves_from_another_working_directory(tmp_path, monkeypatch):
@@ -80,7 +138,7 @@ def test_study_name_defaults_to_the_file_name(tmp_path):
 def test_missing_file_and_unknown_name_are_bench_errors(tmp_path):
     with pytest.raises(BenchError, match="does not exist"):
         load_spec(str(tmp_path / "absent.toml"))
-    with pytest.raises(BenchError, match=r"unknown study 'nope'; available: ci, latent, seed, smoke"):
+    with pytest.raises(BenchError, match=r"unknown study 'nope'; available: burda, ci, latent, seed, smoke"):
         load_spec("nope")
 
 
@@ -179,6 +237,7 @@ def test_defaults_apply_to_a_minimal_file():
         ({"baselines": {"models": ["ae", "ae"]}}, r"lists a model twice"),
         ({"baselines": {"models": ["vae"]}}, r"'vae' is not a baseline"),
         ({"eval": {"iw_samples": 0}}, r"eval.iw_samples must be an integer in \[1, 100000\]"),
+        ({"eval": {"paper_protocol": "yes"}}, r"eval.paper_protocol must be true or false"),
         ({"model": {"beta": -1.0}}, r"\[model\] beta must be a number in \[0, 1000\]"),
         ({"train": {"lr": 0}}, r"\[train\] lr must be a number in \(0, 10\]"),
         ({"data": {"binarize": "static"}}, r"\[data\] binarize must be 'none' or 'dynamic'"),

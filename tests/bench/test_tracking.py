@@ -27,7 +27,7 @@ from vae.evaluate import elbo_metrics
 from vae.train import load_checkpoint, resolve_device
 
 EPOCH_METRICS = ("train/elbo", "train/recon_bce", "train/kl", "val/elbo", "val/recon_bce", "val/kl")
-TEST_METRICS = ("test/elbo", "test/recon_bce", "test/kl", "test/nll_iw", "test/active_units")
+TEST_METRICS = ("test/elbo", "test/recon_bce", "test/kl", "test/nll_iw", "test/nll_iw_se", "test/active_units")
 SEARCHED = ("latent_dim", "hidden_width", "beta")
 
 
@@ -112,12 +112,13 @@ def test_test_metrics_are_logged_once_and_are_sane(smoke):
     for trial, run in complete(rec):
         m = {k: run.data.metrics[k] for k in TEST_METRICS}
         assert m == pytest.approx(trial.user_attrs["test_metrics"])
-        elbo, recon, kl, nll, au = (m[k] for k in TEST_METRICS)
+        elbo, recon, kl, nll, nll_se, au = (m[k] for k in TEST_METRICS)
         assert -784 * math.log(2) < elbo < -100  # beats p = 0.5 everywhere (543 nats), short of a tuned VAE
         assert elbo == pytest.approx(-(recon + kl), rel=1e-6)
         assert kl > 0
         # the IWAE bound (k=10, first 200 test images) is tighter than the ELBO (all 1000)
         assert 0 < nll <= -elbo * 1.05
+        assert 0.1 < nll_se < 5  # std across 200 digits (tens of nats) / sqrt(200)
         assert au == int(au) and 0 <= au <= trial.params["latent_dim"]
     for trial in rec.trials:
         if trial.state == TrialState.PRUNED:

@@ -15,8 +15,10 @@ from vae.evaluate import (
     active_units,
     elbo_metrics,
     encode,
+    final_metrics,
     image_grid,
     iwae_nll,
+    iwae_nll_per_image,
     log_likelihood_bits,
     manifold_grid,
     reconstruct,
@@ -145,6 +147,24 @@ def test_iwae_nll_is_deterministic_and_chunk_only_bounds_memory(trained_vae, val
     # the Monte Carlo noise of a 200-image mean
     b = iwae_nll(trained_vae, x, k=40, batch_size=50, chunk=7, seed=1)
     assert b == pytest.approx(a, abs=1.0)
+
+
+def test_iwae_per_image_values_average_to_the_nll_and_give_its_standard_error(trained_vae, val_x):
+    x = val_x[:200]
+    per = iwae_nll_per_image(trained_vae, x, k=20, batch_size=50, chunk=20, seed=3)
+    assert per.shape == (200,) and per.dtype == torch.float64
+    assert (per > 0).all()
+    assert per.mean().item() == pytest.approx(iwae_nll(trained_vae, x, k=20, batch_size=50, chunk=20, seed=3), rel=1e-12)
+    got = final_metrics(trained_vae, val_x, iw_samples=20, iw_images=200, seed=3)
+    # final_metrics draws with its own batch size: the same estimator, a different draw of z
+    assert got["nll_iw"] == pytest.approx(per.mean().item(), abs=1.0)
+    # the standard error by hand in float64: sqrt(sum (v - mean)^2 / (n - 1)) / sqrt(n)
+    ref = iwae_nll_per_image(trained_vae, val_x[:200], k=20, seed=3).tolist()
+    mean = sum(ref) / 200
+    se = math.sqrt(sum((v - mean) ** 2 for v in ref) / 199) / math.sqrt(200)
+    assert got["nll_iw"] == pytest.approx(mean, rel=1e-9)
+    assert got["nll_iw_se"] == pytest.approx(se, rel=1e-9)
+    assert 0.1 < got["nll_iw_se"] < 5  # digits differ by tens of nats: a 200-image mean is uncertain by ~1
 
 
 def test_iwae_nll_rejects_k_below_one(trained_vae, val_x):

@@ -1,0 +1,134 @@
+"""Seed replicates: each compared configuration trained again with other seeds and scored like the compared runs.
+
+`run_replicates(study, spec, tracker, parent_run_id, data, device)` runs after the comparison; every
+replicate is its own nested MLflow run (role `replicate`), and a finished one is never trained again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import optuna
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from bench.baselines import train_baseline
+from bench.compare import best_per_latent, trial_configs
+from bench.fd_classifier import FDClassifier, load_classifier
+from bench.objective import run_params, run_tags
+from bench.scores import score_model
+from bench.spec import StudySpec
+from bench.tracking import REPLICATE_OF_TAG, REPLICATE_ROLE, REPLICATE_TRIAL_TAG, ROLE_TAG, SEED_TAG, Tracker
+from vae.data import Corruption, Datasets
+from vae.evaluate import final_metrics
+from vae.model import ModelConfig, build_model
+from vae.train import TrainConfig, fit, seed_everything
+
+
+@dataclass(frozen=True)
+class Replicate:
+    """One replicate run to make: a model of the best trial's configuration at a latent size, with one seed."""
+
+    kind: str  # "vae", "ae" or "pca"
+    latent_dim: int
+    seed: int
+    of_run: str  # the replicated trial's MLflow run id
+    of_trial: int  # its trial number
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-latent{self.latent_dim}-seed{self.seed}"
+
+    @property
+    def key(self) -> tuple[str, int, int, str]:
+        return (self.kind, self.latent_dim, self.seed, self.of_run)
+
+
+def train_replicate(
+    kind: str, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int, data: Datasets, device: torch.device
+) -> tuple[nn.Module, list[dict[str, float]]]:
+    """The model `kind` with `train_cfg` but `seed`, and its per-epoch history (empty for PCA).
+
+    Identical to `seed_everything(seed); build_model(kind, model_cfg); fit(...)`, which is how the
+    trials and the autoencoder baselines are trained. This is the one place a faster trainer of
+    several seeds at once (vae.stacked.fit_replicates) replaces.
+    """
+    cfg = dataclasses.replace(train_cfg, seed=seed)
+    if kind == "pca":
+        return train_baseline("pca", model_cfg, cfg, data, device), []
+    seed_everything(seed)
+    model = build_model(kind, model_cfg)
+    history = fit(model, data, cfg, device, progress=False)
+    return model.eval(), history
+
+
+def replicate_scores(
+    kind: str, model: nn.Module, data: Datasets, spec: StudySpec, classifier: FDClassifier, seed: int
+) -> dict[str, float]:
+    """The compared runs' scores with every random draw taken from `seed`; for the VAE also its test ELBO terms and NLL."""
+    scores = score_model(model, data, kind=kind, classifier=classifier, n_fd_samples=spec.baselines.fd_samples,
+                         seed=seed, corruption=Corruption(seed=seed))
+    if kind == "vae":
+        test = final_metrics(model, data.test.x, spec.eval.iw_samples, spec.eval.iw_images, seed=seed)
+        scores |= {f"test/{k}": v for k, v in test.items()}
+    return scores
+
+
+def plan(best: dict[int, optuna.trial.FrozenTrial], spec: StudySpec) -> list[Replicate]:
+    """Every replicate the study asks for, seed by seed (an interrupted run leaves whole seeds done)."""
+    return [
+        Replicate(kind, latent, seed, trial.user_attrs["mlflow_run_id"], trial.number)
+        for seed in spec.replicate_seeds
+        for latent, trial in best.items()
+        for kind in ("vae", *spec.baselines.models)
+    ]
+
+
+def finished_replicates(tracker: Tracker, parent_run_id: str) -> set[tuple[str, int, int, str]]:
+    """(kind, latent_dim, seed, replicated run id) of every FINISHED replicate run under the parent."""
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id],
+        filter_string=(f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{ROLE_TAG}` = '{REPLICATE_ROLE}' "
+                       "and attributes.status = 'FINISHED'"),
+        max_results=50_000,
+    )
+    return {
+        (r.data.tags["model"], int(r.data.tags["latent_dim"]), int(r.data.tags[SEED_TAG]), r.data.tags[REPLICATE_OF_TAG])
+        for r in runs
+    }
+
+
+def run_replicates(
+    study: optuna.Study,
+    spec: StudySpec,
+    tracker: Tracker,
+    parent_run_id: str,
+    data: Datasets,
+    device: torch.device,
+    progress: bool = True,
+) -> int:
+    """Train and score every replicate not yet FINISHED under the parent; returns the runs written."""
+    best = best_per_latent(study, spec)
+    todo = plan(best, spec)
+    if not todo:
+        return 0
+    done = finished_replicates(tracker, parent_run_id)
+    todo = [r for r in todo if r.key not in done]
+    if not todo:
+        return 0
+    classifier = load_classifier(data)
+    for rep in tqdm(todo, desc="replicates", unit="run", disable=not progress):
+        model_cfg, train_cfg = trial_configs(best[rep.latent_dim], spec)
+        params = run_params(model_cfg, dataclasses.replace(train_cfg, seed=rep.seed), spec)
+        if rep.kind == "pca":  # PCA has no network: keep what defines it
+            params = {k: v for k, v in params.items() if k in ("latent_dim", "seed") or k.startswith("data.")}
+        tags = {ROLE_TAG: REPLICATE_ROLE, SEED_TAG: rep.seed, REPLICATE_OF_TAG: rep.of_run,
+                REPLICATE_TRIAL_TAG: rep.of_trial, **run_tags(spec, data, device, rep.kind, rep.latent_dim)}
+        with tracker.child_run(parent_run_id, rep.name, params, tags) as run:
+            model, history = train_replicate(rep.kind, model_cfg, train_cfg, rep.seed, data, device)
+            for epoch, metrics in enumerate(history, start=1):
+                run.log_metrics(metrics, step=epoch)
+            run.log_metrics(replicate_scores(rep.kind, model, data, spec, classifier, rep.seed))
+    return len(todo)
