@@ -74,28 +74,25 @@ def elbo_metrics(model: nn.Module, x: torch.Tensor, batch_size: int = 2000, seed
 
 @torch.no_grad()
 @in_eval_mode
-def iwae_nll(
+def iwae_nll_per_image(
     model: nn.Module,
     x: torch.Tensor,
     k: int = 5000,
     batch_size: int = 100,
     chunk: int = 500,
     seed: int = 0,
-) -> float:
-    """Importance-weighted estimate of -log p(x), nats per image (lower is better).
+) -> torch.Tensor:
+    """Importance-weighted estimate of -log p(x) for each image: (N,) float32 on the CPU, nats.
 
     log w = log p(x|z) + log p(z) - log q(z|x) for k samples z ~ q(z|x); the bound
     is logsumexp over k - log k (Burda et al. 2015). Samples are drawn `chunk` at
     a time for `batch_size` images, so memory is O(batch_size * chunk * 784).
-    With k = 1 it is the negative single-sample ELBO with a Monte Carlo KL,
-    log q(z|x) - log p(z): for the same seed and batch_size it draws the same z
-    as `elbo_metrics`, whose closed-form KL makes the two equal in expectation only.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     dev = _device(model)
     g = torch.Generator(device=dev).manual_seed(seed)
-    total = 0.0
+    out = []
     for xb in x.split(batch_size):
         xb = xb.to(dev)
         mu, logvar = model.encode(xb)  # (B, L)
@@ -107,8 +104,25 @@ def iwae_nll(
             z = mu + std * eps
             log_px = -bernoulli_nll(model.decode(z), xb.expand(m, *xb.shape))  # (m, B)
             log_ws.append(log_px + standard_normal_log_prob(z) - gaussian_log_prob(z, mu, logvar))
-        total += -iwae_bound(torch.cat(log_ws), dim=0).sum().item()
-    return total / x.shape[0]
+        out.append(-iwae_bound(torch.cat(log_ws), dim=0).float().cpu())  # (B,)
+    return torch.cat(out)
+
+
+def iwae_nll(
+    model: nn.Module,
+    x: torch.Tensor,
+    k: int = 5000,
+    batch_size: int = 100,
+    chunk: int = 500,
+    seed: int = 0,
+) -> float:
+    """Importance-weighted estimate of -log p(x), averaged over x, nats per image (lower is better).
+
+    The mean of `iwae_nll_per_image`. With k = 1 it is the negative single-sample ELBO
+    with a Monte Carlo KL, log q(z|x) - log p(z): for the same seed and batch_size it draws
+    the same z as `elbo_metrics`, whose closed-form KL makes the two equal in expectation only.
+    """
+    return iwae_nll_per_image(model, x, k, batch_size, chunk, seed).double().mean().item()
 
 
 @torch.no_grad()
