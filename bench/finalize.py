@@ -24,6 +24,7 @@ def finalize(
     run_baselines: bool,
     report_dir: str | None,
     progress: bool,
+    data_root: str | None = None,
 ) -> None:
     summarize(study, spec, tracker, parent_run_id)
     if not (run_baselines and spec.baselines.models):
@@ -31,7 +32,10 @@ def finalize(
     from bench.compare import report_dir as default_dir, run_comparison
     from bench.report import make_report
 
-    run_comparison(study, spec, tracker, parent_run_id, data, device, progress)
+    from bench.ood import load_ood_images
+
+    ood_x = load_ood_images(spec, data_root)  # None unless the study names [eval] ood_dataset
+    run_comparison(study, spec, tracker, parent_run_id, data, device, progress, ood_x=ood_x)
     out = default_dir(spec, report_dir)
     report = make_report(tracker, spec.name, parent_run_id, out)
     import pandas as pd  # the table is the result: printed with or without progress bars

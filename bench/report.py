@@ -15,10 +15,12 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError, HelpFormatter, cli_main
-from bench.metrics import COMPARED, VAE_TEST, better
+from bench.frontier import REFERENCE, rate_distortion_figure, rate_distortion_points
+from bench.metrics import COMPARISON, VAE_TEST, better
 
-# metrics every model has, in the order the table shows them, with the direction that is better
-SHARED_METRICS = {m: better(m) for m in COMPARED}
+# metrics every model has (test/ood_auroc when the study names an OOD dataset), in the order the
+# table shows them, with the direction that is better
+SHARED_METRICS = {m: better(m) for m in COMPARISON}
 VAE_METRICS = list(VAE_TEST)
 MODELS = ("vae", "ae", "pca")
 
@@ -28,6 +30,7 @@ class Report:
     table: pd.DataFrame  # one row per (model, latent_dim), the shared metrics
     vae_table: pd.DataFrame  # one row per latent_dim, the VAE-only metrics
     runs: pd.DataFrame  # the compared runs (run_id, model, latent_dim)
+    rd_points: pd.DataFrame | None = None  # every finished trial's rate and distortion (bench.frontier)
 
 
 def compared_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -54,7 +57,8 @@ def build_report(runs: pd.DataFrame) -> Report:
     vae = sel[sel["model"] == "vae"]
     vcols = [f"metrics.{m}" for m in VAE_METRICS if f"metrics.{m}" in vae]
     vae_table = vae[["latent_dim", *vcols]].rename(columns=lambda c: c.removeprefix("metrics.")).sort_values("latent_dim")
-    return Report(table.reset_index(drop=True), vae_table.reset_index(drop=True), sel[["run_id", "model", "latent_dim"]])
+    rd = rate_distortion_points(runs, set(vae["run_id"]))
+    return Report(table.reset_index(drop=True), vae_table.reset_index(drop=True), sel[["run_id", "model", "latent_dim"]], rd)
 
 
 def winners(table: pd.DataFrame) -> pd.DataFrame:
@@ -63,7 +67,7 @@ def winners(table: pd.DataFrame) -> pd.DataFrame:
     for latent, g in table.groupby("latent_dim"):
         row = {"latent_dim": latent}
         for m, better in SHARED_METRICS.items():
-            if m in g and g[m].notna().any():
+            if better != "none" and m in g and g[m].notna().any():
                 idx = g[m].idxmax() if better == "higher" else g[m].idxmin()
                 row[m] = g.loc[idx, "model"]
         rows.append(row)
@@ -91,9 +95,12 @@ def write_report(report: Report, out: Path, tracker=None, study: str = "") -> li
     best = winners(report.table)
     md = [f"# {study}: VAE vs autoencoder vs PCA", "",
           "Test set, nats per image for BCE, squared error per image for MSE; accuracies in [0, 1]; "
-          "sample_fd is a Fréchet distance (lower is better).", "",
+          "sample_fd is a Fréchet distance and sample_kid a squared MMD (lower is better; sample_kid_se its "
+          "standard error); sample_precision and sample_recall are fractions (fidelity and diversity, higher is better); "
+          "ood_auroc is 0.5 at chance, above when the model finds the OOD images less likely, below when it prefers them.", "",
           to_markdown(report.table), "", "## Best model per latent size", "", to_markdown(best), "",
           "## VAE only", "", to_markdown(report.vae_table), ""]
+    files += _rate_distortion(report, out, study, md)
     (out / "comparison.md").write_text("\n".join(md), encoding="utf-8")
     files += [out / "comparison.csv", out / "vae_metrics.csv", out / "comparison.md"]
     for m in SHARED_METRICS:
@@ -106,6 +113,29 @@ def write_report(report: Report, out: Path, tracker=None, study: str = "") -> li
     if tracker is not None:
         files += _image_comparisons(report, out, tracker)
     return files
+
+
+def _rate_distortion(report: Report, out: Path, study: str, md: list[str]) -> list[Path]:
+    """rate_distortion.png and .csv: every finished trial's validation rate and distortion per latent
+    size, against the compared AE's and PCA's test/code_recon_bce; a section of comparison.md."""
+    import matplotlib.pyplot as plt
+
+    pts = report.rd_points
+    if pts is None or pts.empty:
+        return []
+    refs = report.table[report.table["model"].isin(["ae", "pca"])]
+    refs = refs[["model", "latent_dim", REFERENCE]].rename(columns={REFERENCE: "distortion"}) if REFERENCE in refs else refs.iloc[0:0]
+    pts.to_csv(out / "rate_distortion.csv", index=False)
+    fig = rate_distortion_figure(pts, refs, title=study or "rate-distortion")
+    fig.savefig(out / "rate_distortion.png")
+    plt.close(fig)
+    front = pts[pts["pareto"]][["latent_dim", "trial", "rate", "distortion", "compared"]]
+    md += ["## Rate-distortion frontier", "",
+           "Each trial's last-epoch validation KL (rate) and reconstruction term (distortion), nats per image; "
+           "the Pareto-optimal trials per latent size below, all trials in `rate_distortion.csv`, "
+           "the picture in `rate_distortion.png` (AE and PCA lines: their test `code_recon_bce`).", "",
+           to_markdown(front.assign(elbo=-(front["rate"] + front["distortion"]))), ""]
+    return [out / "rate_distortion.csv", out / "rate_distortion.png"]
 
 
 def _image_comparisons(report: Report, out: Path, tracker) -> list[Path]:

@@ -60,6 +60,7 @@ class Validated:
 
 def validate(args: argparse.Namespace) -> Validated:
     """Every check that needs no writing: raises BenchError with one line on the first problem."""
+    from bench.ood import check_ood_data
     from bench.spec import load_spec
     from bench.storage import check_reachable, parse_storage
     from bench.tracking import check_tracking_uri, resolve_tracking_uri
@@ -81,6 +82,7 @@ def validate(args: argparse.Namespace) -> Validated:
         root = check_data(spec.data.dataset, args.data_dir)
     except DataError as exc:
         raise BenchError(str(exc)) from None
+    check_ood_data(spec, root)
     uri = resolve_tracking_uri(args.tracking_uri)
     storage = parse_storage(args.storage)
     if storage.kind == "rdb" and storage.location.split("?")[0] == uri.split("?")[0]:
@@ -200,7 +202,7 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags
         claim = claim_finalizer(study)
         if claim:
             finalize(study, spec, tracker, parent, data, v.device, run_baselines=complete and not args.no_baselines,
-                     report_dir=args.report_dir, progress=progress)
+                     report_dir=args.report_dir, progress=progress, data_root=v.data_root)
             release_finalizer(study, claim)
         if count(study, running) == 0:
             tracker.set_status(parent, "FINISHED")
@@ -213,13 +215,16 @@ def print_summary(out: Outcome, uri: str) -> None:
     from bench.tracking import ui_command
 
     spec, study = out.spec, out.study
-    best = best_trial(study)
+    best = best_trial(study, spec)
     # finishing: the parent run's summary, and the baselines and report when the study has them
     after = f", then {out.finalize_seconds:.0f} s to finish the study" if out.finalize_seconds >= 0.5 else ""
     print(f"\nstudy {spec.name}: {count(study, FINISHED_STATES)}/{spec.n_trials} trials finished "
           f"({out.ran} run by this process in {out.seconds:.0f} s{after})")
     if best is not None:
-        print(f"best trial {best.number}: {spec.metric} = {best.value:.2f}")
+        values = ", ".join(f"{k} = {v:.2f}" for k, v in zip(spec.objectives, best.values))
+        if spec.multi_objective:
+            print(f"Pareto front: {len(study.best_trials)} trials; the highest {spec.split}/elbo among them:")
+        print(f"best trial {best.number}: {values}")
         print("  params: " + ", ".join(f"{k}={_fmt(val)}" for k, val in best.params.items()))
         tm = best.user_attrs.get("test_metrics", {})
         if tm:
