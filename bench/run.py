@@ -21,6 +21,13 @@ from bench.errors import BenchError, HelpFormatter, cli_main
 DEFAULT_STUDY = "latent"
 
 
+def _shipped_studies() -> list[str]:
+    """The names in studies/, read without importing bench.spec (and torch), so --help stays fast."""
+    from pathlib import Path
+
+    return sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "studies").glob("*.toml"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.run",
@@ -28,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "then the baselines (autoencoder, PCA) and a comparison report.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--study", default=DEFAULT_STUDY, help="a study shipped in studies/ (latent, smoke, seed, ci) or a path to a .toml file")
+    p.add_argument("--study", default=DEFAULT_STUDY, help=f"a study shipped in studies/ ({', '.join(_shipped_studies())}) or a path to a .toml file")
     p.add_argument("--n-trials", type=int, default=None, help="trials in total across all workers and resumes (default: the study file's)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the study file's)")
     p.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts (default: the study file's, else none)")
