@@ -24,6 +24,7 @@ def finalize(
     run_baselines: bool,
     report_dir: str | None,
     progress: bool,
+    data_root: str | None = None,
 ) -> None:
     summarize(study, spec, tracker, parent_run_id)
     if not run_baselines:
@@ -31,9 +32,11 @@ def finalize(
     compare = bool(spec.baselines.models or spec.replicate_seeds)
     if compare:
         from bench.compare import run_comparison
+        from bench.ood import load_ood_images
         from bench.replicates import run_replicates
 
-        run_comparison(study, spec, tracker, parent_run_id, data, device, progress)
+        ood_x = load_ood_images(spec, data_root)  # None unless the study names [eval] ood_dataset
+        run_comparison(study, spec, tracker, parent_run_id, data, device, progress, ood_x=ood_x)
         run_replicates(study, spec, tracker, parent_run_id, data, device, progress)
     if spec.eval.paper_protocol:
         from bench.paper import score_paper_protocol

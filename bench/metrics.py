@@ -63,6 +63,13 @@ _DEFS: list[Metric] = [
     _m("test/probe_acc", "test accuracy of a logistic-regression probe trained on the codes of training images", "fraction", "higher", ALL_MODELS),
     _m("test/knn_acc", "test accuracy of a 5-nearest-neighbour classifier on the codes", "fraction", "higher", ALL_MODELS),
     _m("test/sample_fd", "Frechet distance of generated images to the test images in the FD classifier's features (VAE: prior; AE, PCA: a Gaussian fitted to their codes)", "feature distance", "lower", ALL_MODELS),
+    # the same generated images and features as test/sample_fd (bench.sample_quality)
+    _m("test/sample_kid", "kernel inception distance: unbiased squared MMD, kernel (x.y/d + 1)^3, of generated images to test images in the FD classifier's features, averaged over disjoint subsets (Binkowski et al. 2018)", "squared feature distance", "lower", ALL_MODELS),
+    _m("test/sample_kid_se", "standard error of test/sample_kid: std of the disjoint subsets' estimates / sqrt(subsets)", "squared feature distance", "none", ALL_MODELS),
+    _m("test/sample_precision", "fraction of generated images inside the k-NN manifold (k = 3) of as many test images, in the FD classifier's features: fidelity (Kynkaanniemi et al. 2019)", "fraction", "higher", ALL_MODELS),
+    _m("test/sample_recall", "fraction of test images inside the k-NN manifold (k = 3) of as many generated images, in the FD classifier's features: diversity (Kynkaanniemi et al. 2019)", "fraction", "higher", ALL_MODELS),
+    # only when the study names [eval] ood_dataset (tag ood_dataset on the run says which)
+    _m("test/ood_auroc", "AUROC of telling the OOD dataset's test images (positives) from the training dataset's by a per-image score that is higher when the model finds the image less likely (VAE: IWAE NLL; AE, PCA: BCE of the deterministic reconstruction); 0.5 = chance, below 0.5 = the model prefers the OOD images", "fraction", "higher", ALL_MODELS),
 ]
 
 METRICS: dict[str, Metric] = {m.key: m for m in _DEFS}
@@ -77,7 +84,14 @@ COMPARED = (
     "test/probe_acc",
     "test/knn_acc",
     "test/sample_fd",
+    "test/sample_kid",
+    "test/sample_kid_se",
+    "test/sample_precision",
+    "test/sample_recall",
 )
+# the out-of-distribution score: a comparison column of studies that name [eval] ood_dataset
+OOD_AUROC = "test/ood_auroc"
+COMPARISON = (*COMPARED, OOD_AUROC)
 # the VAE's own test metrics, in the report's VAE table
 VAE_TEST = ("test/elbo", "test/recon_bce", "test/kl", "test/nll_iw", "test/nll_iw_se", "test/active_units")
 

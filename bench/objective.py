@@ -89,7 +89,7 @@ class TrialRunner:
     parent_run_id: str
     epoch_progress: bool = False
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         spec = self.spec
         self._check_budget(trial)
         model_cfg, train_cfg = suggest_configs(trial, spec)
@@ -110,6 +110,8 @@ class TrialRunner:
 
             def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
                 run.log_metrics(metrics, step=epoch)
+                if spec.multi_objective:
+                    return  # Optuna neither records intermediate values nor prunes with several objectives
                 trial.report(metrics[spec.metric], epoch)
                 if not covered and trial.should_prune():
                     reason = f"pruned by the {spec.pruner.type} pruner at epoch {epoch}"
@@ -135,7 +137,11 @@ class TrialRunner:
                 run.log_model(model, ckpt)
             run.set_tags({"optuna_state": "COMPLETE"})
             trial.set_user_attr("test_metrics", test)
-            return history[-1][spec.metric]
+            last = history[-1]
+            # the whole last epoch: a multi-objective study picks its compared trial by the ELBO (bench.frontier)
+            trial.set_user_attr("last_epoch", {k: v for k, v in last.items() if k.startswith(f"{spec.split}/")})
+            values = tuple(last[k] for k in spec.objectives)
+            return values if spec.multi_objective else values[0]
 
     def _check_budget(self, trial: optuna.Trial) -> None:
         """Run only if this trial is among the first n_trials live ones (workers race at the end)."""

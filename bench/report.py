@@ -18,12 +18,14 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError, HelpFormatter, cli_main
-from bench.metrics import COMPARED, VAE_TEST, better
+from bench.frontier import REFERENCE, rate_distortion_figure, rate_distortion_points
+from bench.metrics import COMPARISON, VAE_TEST, better
 from bench.stats import ALPHA, LEVEL, holm, t_interval, welch_p
 from bench.tracking import REPLICATE_OF_TAG, REPLICATE_ROLE, ROLE_TAG, SEED_TAG
 
-# metrics every model has, in the order the table shows them, with the direction that is better
-SHARED_METRICS = {m: better(m) for m in COMPARED}
+# metrics every model has (test/ood_auroc when the study names an OOD dataset), in the order the
+# table shows them, with the direction that is better
+SHARED_METRICS = {m: better(m) for m in COMPARISON}
 PAPER_METRICS = ["test/nll_iw_k5000", "test/nll_iw_k5000_se"]  # on the study's best VAE only, when asked for
 VAE_METRICS = [*VAE_TEST, *PAPER_METRICS]
 MODELS = ("vae", "ae", "pca")
@@ -38,6 +40,7 @@ class Report:
     runs: pd.DataFrame  # the compared runs (run_id, model, latent_dim)
     replicates: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per replicate run: model, latent_dim, seed, metrics
     verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (latent_dim, metric, other model): the tests
+    rd_points: pd.DataFrame | None = None  # every finished trial's rate and distortion (bench.frontier)
 
     @property
     def has_replicates(self) -> bool:
@@ -114,16 +117,19 @@ def build_report(runs: pd.DataFrame) -> Report:
     vae = sel[sel["model"] == "vae"]
     vcols = [f"metrics.{m}" for m in VAE_METRICS if f"metrics.{m}" in vae]
     vae_table = vae[["latent_dim", *vcols]].rename(columns=lambda c: c.removeprefix("metrics.")).sort_values("latent_dim")
+    rd = rate_distortion_points(runs, set(vae["run_id"]))  # every finished trial's rate and distortion
     reps = replicate_runs(runs, sel)
     if not reps.empty:
-        return replicate_report(reps, sel[["run_id", "model", "latent_dim"]], vae_table.reset_index(drop=True))
+        return replicate_report(reps, sel[["run_id", "model", "latent_dim"]], vae_table.reset_index(drop=True), rd)
     cols = [f"metrics.{m}" for m in SHARED_METRICS if f"metrics.{m}" in sel]
     table = _order(sel[["model", "latent_dim", *cols]].rename(columns=lambda c: c.removeprefix("metrics.")))
     return Report(table, vae_table.reset_index(drop=True), sel[["run_id", "model", "latent_dim"]],
-                  verdicts=significance_tests(table, None))
+                  verdicts=significance_tests(table, None), rd_points=rd)
 
 
-def replicate_report(reps: pd.DataFrame, runs: pd.DataFrame, compared_vae: pd.DataFrame | None = None) -> Report:
+def replicate_report(
+    reps: pd.DataFrame, runs: pd.DataFrame, compared_vae: pd.DataFrame | None = None, rd: pd.DataFrame | None = None
+) -> Report:
     """The report of a study with replicates: every cell aggregated over them, and the verdicts.
 
     The VAE table's paper-protocol NLL (k = 5000), measured once on the compared run, is taken from
@@ -136,7 +142,8 @@ def replicate_report(reps: pd.DataFrame, runs: pd.DataFrame, compared_vae: pd.Da
         paper = [m for m in PAPER_METRICS if m in compared_vae and compared_vae[m].notna().any()]
         if paper:
             vae_table = vae_table.merge(compared_vae[["latent_dim", *paper]], on="latent_dim", how="left")
-    return Report(table, vae_table, runs, replicates=reps.reset_index(drop=True), verdicts=significance_tests(table, reps))
+    return Report(table, vae_table, runs, replicates=reps.reset_index(drop=True), verdicts=significance_tests(table, reps),
+                  rd_points=rd)
 
 
 def significance_tests(table: pd.DataFrame, reps: pd.DataFrame | None, alpha: float = ALPHA) -> pd.DataFrame:
@@ -148,7 +155,7 @@ def significance_tests(table: pd.DataFrame, reps: pd.DataFrame | None, alpha: fl
     rows = []
     for latent, g in table.groupby("latent_dim"):
         for m, direction in SHARED_METRICS.items():
-            if m not in g or g[m].notna().sum() < 2:
+            if direction == "none" or m not in g or g[m].notna().sum() < 2:  # e.g. a standard error: no winner
                 continue
             g2 = g[g[m].notna()]
             best = g2.loc[g2[m].idxmax() if direction == "higher" else g2[m].idxmin()]
@@ -171,8 +178,8 @@ def verdict_table(verdicts: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for latent in sorted(table["latent_dim"].unique()):
         row = {"latent_dim": latent}
-        for m in SHARED_METRICS:
-            if m not in table:
+        for m, direction in SHARED_METRICS.items():
+            if m not in table or direction == "none":
                 continue
             v = verdicts[(verdicts["latent_dim"] == latent) & (verdicts["metric"] == m)]
             if v.empty or v["p"].isna().any():
@@ -215,7 +222,7 @@ def winners(table: pd.DataFrame) -> pd.DataFrame:
     for latent, g in table.groupby("latent_dim"):
         row = {"latent_dim": latent}
         for m, better in SHARED_METRICS.items():
-            if m in g and g[m].notna().any():
+            if better != "none" and m in g and g[m].notna().any():
                 idx = g[m].idxmax() if better == "higher" else g[m].idxmin()
                 row[m] = g.loc[idx, "model"]
         rows.append(row)
@@ -243,7 +250,9 @@ def write_report(report: Report, out: Path, tracker=None, study: str = "") -> li
     report.verdicts.to_csv(out / "verdicts.csv", index=False)
     head = [f"# {study}: VAE vs autoencoder vs PCA", "",
             "Test set, nats per image for BCE, squared error per image for MSE; accuracies in [0, 1]; "
-            "sample_fd is a Fréchet distance (lower is better).", ""]
+            "sample_fd is a Fréchet distance and sample_kid a squared MMD (lower is better; sample_kid_se its "
+            "standard error); sample_precision and sample_recall are fractions (fidelity and diversity, higher is better); "
+            "ood_auroc is 0.5 at chance, above when the model finds the OOD images less likely, below when it prefers them.", ""]
     verdict_note = (f"Welch t-test of the best mean against each other model, p-values Holm-adjusted across the "
                     f"whole table (family-wise alpha {ALPHA}); a winner is named only when it beats every other "
                     f"model, \"tie\" lists the models the replicates cannot tell apart.")
@@ -261,6 +270,7 @@ def write_report(report: Report, out: Path, tracker=None, study: str = "") -> li
               "By point estimate; whether the differences beat the noise is unknown without replicates.", "",
               to_markdown(winners(report.table)), "", "## Verdicts", "", verdict_note, "",
               to_markdown(report.verdict_table()), "", "## VAE only", "", to_markdown(report.vae_table), ""]
+    files += _rate_distortion(report, out, study, md)
     (out / "comparison.md").write_text("\n".join(md), encoding="utf-8")
     files += [out / "comparison.csv", out / "vae_metrics.csv", out / "verdicts.csv", out / "comparison.md"]
     for m in SHARED_METRICS:
@@ -273,6 +283,29 @@ def write_report(report: Report, out: Path, tracker=None, study: str = "") -> li
     if tracker is not None:
         files += _image_comparisons(report, out, tracker)
     return files
+
+
+def _rate_distortion(report: Report, out: Path, study: str, md: list[str]) -> list[Path]:
+    """rate_distortion.png and .csv: every finished trial's validation rate and distortion per latent
+    size, against the compared AE's and PCA's test/code_recon_bce; a section of comparison.md."""
+    import matplotlib.pyplot as plt
+
+    pts = report.rd_points
+    if pts is None or pts.empty:
+        return []
+    refs = report.table[report.table["model"].isin(["ae", "pca"])]
+    refs = refs[["model", "latent_dim", REFERENCE]].rename(columns={REFERENCE: "distortion"}) if REFERENCE in refs else refs.iloc[0:0]
+    pts.to_csv(out / "rate_distortion.csv", index=False)
+    fig = rate_distortion_figure(pts, refs, title=study or "rate-distortion")
+    fig.savefig(out / "rate_distortion.png")
+    plt.close(fig)
+    front = pts[pts["pareto"]][["latent_dim", "trial", "rate", "distortion", "compared"]]
+    md += ["## Rate-distortion frontier", "",
+           "Each trial's last-epoch validation KL (rate) and reconstruction term (distortion), nats per image; "
+           "the Pareto-optimal trials per latent size below, all trials in `rate_distortion.csv`, "
+           "the picture in `rate_distortion.png` (AE and PCA lines: their test `code_recon_bce`).", "",
+           to_markdown(front.assign(elbo=-(front["rate"] + front["distortion"]))), ""]
+    return [out / "rate_distortion.csv", out / "rate_distortion.png"]
 
 
 def _image_comparisons(report: Report, out: Path, tracker) -> list[Path]:

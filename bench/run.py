@@ -21,6 +21,13 @@ from bench.errors import BenchError, HelpFormatter, cli_main
 DEFAULT_STUDY = "latent"
 
 
+def _shipped_studies() -> list[str]:
+    """The names in studies/, read without importing bench.spec (and torch), so --help stays fast."""
+    from pathlib import Path
+
+    return sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "studies").glob("*.toml"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.run",
@@ -28,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "then the baselines (autoencoder, PCA) and a comparison report.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--study", default=DEFAULT_STUDY, help="a study shipped in studies/ (latent, smoke, seed, ci, burda) or a path to a .toml file")
+    p.add_argument("--study", default=DEFAULT_STUDY, help=f"a study shipped in studies/ ({', '.join(_shipped_studies())}) or a path to a .toml file")
     p.add_argument("--n-trials", type=int, default=None, help="trials in total across all workers and resumes (default: the study file's)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the study file's)")
     p.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts (default: the study file's, else none)")
@@ -61,6 +68,7 @@ class Validated:
 
 def validate(args: argparse.Namespace) -> Validated:
     """Every check that needs no writing: raises BenchError with one line on the first problem."""
+    from bench.ood import check_ood_data
     from bench.spec import load_spec
     from bench.storage import check_reachable, parse_storage
     from bench.tracking import check_tracking_uri, resolve_tracking_uri
@@ -82,6 +90,7 @@ def validate(args: argparse.Namespace) -> Validated:
         root = check_data(spec.data.dataset, args.data_dir)
     except DataError as exc:
         raise BenchError(str(exc)) from None
+    check_ood_data(spec, root)
     uri = resolve_tracking_uri(args.tracking_uri)
     storage = parse_storage(args.storage)
     if storage.kind == "rdb" and storage.location.split("?")[0] == uri.split("?")[0]:
@@ -203,7 +212,7 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags
         claim = claim_finalizer(study, stage="+seeds" + ",".join(map(str, seeds)) if seeds else "")
         if claim:
             finalize(study, spec, tracker, parent, data, v.device, run_baselines=complete and not args.no_baselines,
-                     report_dir=args.report_dir, progress=progress)
+                     report_dir=args.report_dir, progress=progress, data_root=v.data_root)
             release_finalizer(study, claim)
         if count(study, running) == 0:
             tracker.set_status(parent, "FINISHED")
@@ -216,13 +225,16 @@ def print_summary(out: Outcome, uri: str) -> None:
     from bench.tracking import ui_command
 
     spec, study = out.spec, out.study
-    best = best_trial(study)
+    best = best_trial(study, spec)
     # finishing: the parent run's summary, and the baselines and report when the study has them
     after = f", then {out.finalize_seconds:.0f} s to finish the study" if out.finalize_seconds >= 0.5 else ""
     print(f"\nstudy {spec.name}: {count(study, FINISHED_STATES)}/{spec.n_trials} trials finished "
           f"({out.ran} run by this process in {out.seconds:.0f} s{after})")
     if best is not None:
-        print(f"best trial {best.number}: {spec.metric} = {best.value:.2f}")
+        values = ", ".join(f"{k} = {v:.2f}" for k, v in zip(spec.objectives, best.values))
+        if spec.multi_objective:
+            print(f"Pareto front: {len(study.best_trials)} trials; the highest {spec.split}/elbo among them:")
+        print(f"best trial {best.number}: {values}")
         print("  params: " + ", ".join(f"{k}={_fmt(val)}" for k, val in best.params.items()))
         tm = best.user_attrs.get("test_metrics", {})
         if tm:

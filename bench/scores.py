@@ -16,6 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from bench.baselines import SAMPLERS, make_sampler, sampler_generator, training_images
 from bench.metrics import COMPARED
 from bench.fd_classifier import FDClassifier, frechet_distance
+from bench.sample_quality import sample_quality
 from vae.data import Corruption, Datasets, binarize_once, corrupt
 from vae.evaluate import encode
 from vae.loss import bernoulli_nll
@@ -69,7 +70,7 @@ def probe_accuracies(
     return float(probe.score(zte, yte)), float(knn.score(zte, yte))
 
 
-def sample_fd(
+def sample_features(
     kind: str,
     model: nn.Module,
     data: Datasets,
@@ -77,8 +78,8 @@ def sample_fd(
     classifier: FDClassifier,
     n: int = FD_SAMPLES,
     seed: int = 0,
-) -> float:
-    """Frechet distance between n generated images and all test images, in the classifier's feature space.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classifier features of n generated images (n, F) and of all test images (N_test, F).
 
     Generated images are Bernoulli means; when the test images are binary (dynamic
     binarization) each sample is binarized with one seeded Bernoulli draw, so that both
@@ -89,7 +90,20 @@ def sample_fd(
     samples = sampler.sample(n, sampler_generator(kind, model, seed))  # (n, 784) on the CPU
     if data.config.binarize == "dynamic":
         samples = binarize_once(samples, seed)
-    return frechet_distance(classifier.features(samples), classifier.features(data.test.x))
+    return classifier.features(samples), classifier.features(data.test.x)
+
+
+def sample_fd(
+    kind: str,
+    model: nn.Module,
+    data: Datasets,
+    train_x: torch.Tensor,
+    classifier: FDClassifier,
+    n: int = FD_SAMPLES,
+    seed: int = 0,
+) -> float:
+    """Frechet distance between n generated images and all test images, in the classifier's feature space."""
+    return frechet_distance(*sample_features(kind, model, data, train_x, classifier, n, seed))
 
 
 def reference_fd(data: Datasets, classifier: FDClassifier, n: int = FD_SAMPLES, seed: int = 0) -> float:
@@ -126,6 +140,8 @@ def score_model(
     - test/sample_fd: Frechet distance of min(n_fd_samples, test size) generated images to the
       test images (see `sample_fd`); the AE and PCA sample a Gaussian fitted to the same
       training codes as the probes, the VAE its prior.
+    - test/sample_kid (with test/sample_kid_se), test/sample_precision, test/sample_recall: the same
+      generated images and features (bench.sample_quality.sample_quality).
     Deterministic for a given seed.
     """
     if kind not in SAMPLERS:
@@ -139,7 +155,7 @@ def score_model(
     train_x = training_images(data, seed, limit=max_train_codes)
     train_y = data.train.y[: len(train_x)]
     probe_acc, knn_acc = probe_accuracies(encode(model, train_x, batch_size), train_y, encode(model, x, batch_size), y)
-    fd = sample_fd(kind, model, data, train_x, classifier, n_fd_samples, seed)
+    gen, real = sample_features(kind, model, data, train_x, classifier, n_fd_samples, seed)
     return {
         "test/code_recon_bce": recon_bce,
         "test/code_recon_mse": recon_mse,
@@ -147,5 +163,6 @@ def score_model(
         "test/denoise_mse": denoise_mse,
         "test/probe_acc": probe_acc,
         "test/knn_acc": knn_acc,
-        "test/sample_fd": fd,
+        "test/sample_fd": frechet_distance(gen, real),
+        **sample_quality(gen.numpy(), real.numpy(), seed=seed),
     }

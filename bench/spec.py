@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from bench.errors import BenchError
 from bench.metrics import optimizable
-from vae.data import DataConfig
+from vae.data import DATASET_FOLDERS, DataConfig
 from vae.model import ModelConfig
 from vae.train import TrainConfig
 
@@ -23,7 +23,8 @@ STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 
 # metric -> direction in which it improves: the per-epoch keys a study can optimise (bench.metrics)
 METRIC_DIRECTIONS = {**optimizable("train"), **optimizable("val")}
-SAMPLERS = ("tpe", "random", "grid", "gp")
+# every one of them handles two objectives in Optuna 5 (TPE, GP by hypervolume, NSGA-II, random, grid)
+SAMPLERS = ("tpe", "random", "grid", "gp", "nsga2")
 PRUNERS = ("median", "hyperband", "none")
 BASELINES = ("ae", "pca")
 MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
@@ -34,7 +35,7 @@ TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"seed"}
 class SamplerSpec:
     """Which Optuna sampler proposes trials."""
 
-    type: Literal["tpe", "random", "grid", "gp"] = "tpe"
+    type: Literal["tpe", "random", "grid", "gp", "nsga2"] = "tpe"
     seed: int | None = 0  # None: a fresh random seed each run
 
     def __post_init__(self) -> None:
@@ -135,12 +136,15 @@ class EvalSpec:
     """How finished trials are evaluated on the test set."""
 
     iw_samples: int = 100  # k of the importance-weighted NLL (test/nll_iw)
-    iw_images: int | None = None  # test images used for test/nll_iw; None = all
+    iw_images: int | None = None  # test images used for test/nll_iw (and per set for test/ood_auroc); None = all
     paper_protocol: bool = False  # also score the best VAE with k = 5000 on the full test set (test/nll_iw_k5000): minutes on a CPU
+    ood_dataset: str | None = None  # the other dataset whose test images test/ood_auroc scores as OOD; None = no OOD check
 
     def __post_init__(self) -> None:
         if not isinstance(self.paper_protocol, bool):
             raise ValueError(f"eval.paper_protocol must be true or false, got {self.paper_protocol!r}")
+        if self.ood_dataset is not None and self.ood_dataset not in DATASET_FOLDERS:
+            raise ValueError(f"eval.ood_dataset must be one of {', '.join(sorted(DATASET_FOLDERS))}, got {self.ood_dataset!r}")
         if isinstance(self.iw_samples, bool) or not isinstance(self.iw_samples, int) or not 1 <= self.iw_samples <= 100_000:
             raise ValueError(f"eval.iw_samples must be an integer in [1, 100000], got {self.iw_samples!r}")
         if self.iw_images is not None and (isinstance(self.iw_images, bool) or not isinstance(self.iw_images, int) or self.iw_images < 1):
@@ -211,8 +215,11 @@ class StudySpec:
     """A whole study: what is searched, on what data, how trials are judged and compared."""
 
     name: str
-    metric: str = "val/elbo"  # reported each epoch and optimised
-    direction: Literal["maximize", "minimize"] = "maximize"
+    # reported each epoch and optimised; a list of keys makes a multi-objective study (e.g. the
+    # rate-distortion frontier: ["val/kl", "val/recon_bce"]) whose trials are never pruned
+    metric: str | tuple[str, ...] = "val/elbo"
+    # None: each metric's declared direction (bench.metrics); given, it must agree with it
+    direction: Literal["maximize", "minimize"] | tuple[str, ...] | None = None
     n_trials: int = 10  # trials in total, across every worker and every resume
     timeout_s: float | None = None  # stop starting new trials after this many seconds
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
@@ -230,15 +237,9 @@ class StudySpec:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or len(self.name) > 200:
             raise ValueError(f"study.name must be a non-empty string, got {self.name!r}")
-        if self.metric not in METRIC_DIRECTIONS:
-            raise ValueError(f"study.metric must be one of {', '.join(METRIC_DIRECTIONS)}, got {self.metric!r}")
-        if self.direction != METRIC_DIRECTIONS[self.metric]:
-            raise ValueError(
-                f"study.direction: {self.metric} improves when it goes the other way; "
-                f"use direction = {METRIC_DIRECTIONS[self.metric]!r}"
-            )
-        if self.metric.startswith("val/") and self.data.val_size == 0:
-            raise ValueError(f"study.metric {self.metric} needs a validation split; set data.val_size > 0 or use a train/ metric")
+        self._check_objectives()
+        if self.eval.ood_dataset == self.data.dataset:
+            raise ValueError(f"eval.ood_dataset must differ from data.dataset ({self.data.dataset}): it is the dataset the model has not seen")
         if isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or not 1 <= self.n_trials <= 100_000:
             raise ValueError(f"study.n_trials must be an integer in [1, 100000], got {self.n_trials!r}")
         if self.timeout_s is not None and (
@@ -267,6 +268,55 @@ class StudySpec:
                     p.grid_values()
                 except ValueError as exc:
                     raise ValueError(str(exc)) from None
+
+    def _check_objectives(self) -> None:
+        many = isinstance(self.metric, tuple)
+        keys = self.metric if many else (self.metric,)
+        if many and (len(keys) < 2 or len(set(keys)) != len(keys)):
+            raise ValueError(f"study.metric: a list needs at least two different metrics, got {list(keys)}")
+        for k in keys:
+            if k not in METRIC_DIRECTIONS:
+                raise ValueError(f"study.metric must be one of {', '.join(METRIC_DIRECTIONS)}, got {k!r}")
+            if k.startswith("val/") and self.data.val_size == 0:
+                raise ValueError(f"study.metric {k} needs a validation split; set data.val_size > 0 or use a train/ metric")
+        if len({k.split("/")[0] for k in keys}) > 1:
+            raise ValueError(f"study.metric: the objectives must come from one split, got {list(keys)}")
+        given = self.direction
+        if given is not None:
+            if many != isinstance(given, tuple) or (many and len(given) != len(keys)):
+                raise ValueError(
+                    f"study.direction: {len(keys)} metric(s) need {len(keys)} direction(s), got {given!r}; "
+                    f"use direction = {list(self.directions) if many else self.directions[0]!r} or leave it out"
+                )
+            for k, d in zip(keys, given if many else (given,)):
+                if d != METRIC_DIRECTIONS[k]:
+                    raise ValueError(
+                        f"study.direction: {k} improves when it goes the other way; use direction = {METRIC_DIRECTIONS[k]!r}"
+                    )
+        if many and self.pruner.type != "none":
+            raise ValueError(
+                f"study.pruner: Optuna cannot prune a multi-objective study ({', '.join(keys)}); "
+                "set pruner = { type = \"none\" } or leave it out"
+            )
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """The optimised metric keys: one, or several for a multi-objective study."""
+        return self.metric if isinstance(self.metric, tuple) else (self.metric,)
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        """Optuna's direction of each objective, as declared in bench.metrics."""
+        return tuple(METRIC_DIRECTIONS[k] for k in self.objectives)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def split(self) -> str:
+        """The split the objectives are measured on ("val" or "train")."""
+        return self.objectives[0].split("/")[0]
 
     @property
     def replicate_seeds(self) -> tuple[int, ...]:
@@ -394,7 +444,9 @@ def parse_spec(raw: dict, default_name: str, path: Path | None = None, text: str
     if bad:
         raise ValueError(f"unknown key(s) in [study]: {', '.join(bad)}; allowed: {', '.join(sorted(STUDY_KEYS))}")
     sampler = _build(SamplerSpec, "study.sampler", _table(study, "sampler"))
-    pruner = _build(PrunerSpec, "study.pruner", _table(study, "pruner"))
+    # a multi-objective study cannot be pruned: left out, its pruner is "none" rather than "median"
+    no_pruner = {"type": "none"} if isinstance(study.get("metric"), list) and "pruner" not in study else {}
+    pruner = _build(PrunerSpec, "study.pruner", _table(study, "pruner") or no_pruner)
     data = _build(DataConfig, "data", _table(raw, "data"))
     model = _build(ModelConfig, "model", _table(raw, "model"))
     train = _build(TrainConfig, "train", _table(raw, "train"))
@@ -408,7 +460,7 @@ def parse_spec(raw: dict, default_name: str, path: Path | None = None, text: str
     evals = _build(EvalSpec, "eval", _table(raw, "eval"))
     baselines = _build(BaselineSpec, "baselines", _table(raw, "baselines"))
     replicates = _build(ReplicateSpec, "replicates", _table(raw, "replicates"))
-    top = {k: v for k, v in study.items() if k not in ("sampler", "pruner")}
+    top = {k: tuple(v) if isinstance(v, list) else v for k, v in study.items() if k not in ("sampler", "pruner")}
     return StudySpec(
         **{"name": default_name, **top},
         sampler=sampler,

@@ -151,6 +151,8 @@ def make_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseS
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         "grid": lambda: optuna.samplers.GridSampler({p.name: p.grid_values() for p in spec.search}, seed=seed),
         "gp": lambda: optuna.samplers.GPSampler(seed=seed, n_startup_trials=max(2, min(10, spec.n_trials // 3))),
+        # generations of a third of the study (at least 4): Optuna's 50 would never leave the first one here
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, spec.n_trials // 3))),
     }
     return factories[s.type]()
 

@@ -39,7 +39,7 @@ def open_study(spec: StudySpec, storage, seed_offset: int = 0) -> tuple[optuna.S
     sampler, pruner = make_sampler(spec, seed_offset), make_pruner(spec)
     try:
         study = optuna.create_study(
-            storage=storage, study_name=spec.name, direction=spec.direction, sampler=sampler, pruner=pruner
+            storage=storage, study_name=spec.name, directions=list(spec.directions), sampler=sampler, pruner=pruner
         )
         enqueue_coverage(study, spec)
         return study, True
@@ -48,10 +48,11 @@ def open_study(spec: StudySpec, storage, seed_offset: int = 0) -> tuple[optuna.S
         # first configurations again: give it a seed of its own.
         sampler = make_sampler(spec, seed_offset + 1 + secrets.randbelow(2**20))
         study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
-        if study.direction.name.lower() != spec.direction:
+        stored = tuple(d.name.lower() for d in study.directions)
+        if stored != spec.directions:
             raise BenchError(
-                f"the stored study {spec.name!r} was created with direction {study.direction.name.lower()}, "
-                f"the study file says {spec.direction}; use another --storage or study name"
+                f"the stored study {spec.name!r} was created with direction {', '.join(stored)}, "
+                f"the study file says {', '.join(spec.directions)}; use another --storage or study name"
             ) from None
         return study, False
 
@@ -69,8 +70,8 @@ def enqueue_coverage(study: optuna.Study, spec: StudySpec) -> None:
 def study_params(spec: StudySpec) -> dict[str, object]:
     return {
         "n_trials": spec.n_trials,
-        "metric": spec.metric,
-        "direction": spec.direction,
+        "metric": ",".join(spec.objectives),
+        "direction": ",".join(spec.directions),
         "sampler": spec.sampler.type,
         "sampler_seed": spec.sampler.seed,
         "pruner": spec.pruner.type,
@@ -80,6 +81,7 @@ def study_params(spec: StudySpec) -> dict[str, object]:
         "dataset": spec.data.dataset,
         "binarize": spec.data.binarize,
         "baselines": ",".join(spec.baselines.models) or "(none)",
+        "ood_dataset": spec.eval.ood_dataset or "(none)",
     }
 
 

@@ -13,13 +13,19 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
+from bench.frontier import pick_by_elbo
 from bench.spec import StudySpec
 from bench.tracking import Tracker
 
 
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+def best_trial(study: optuna.Study, spec: StudySpec) -> optuna.trial.FrozenTrial | None:
+    """The study's best trial; with several objectives, the highest ELBO on the Pareto front (bench.frontier)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return study.best_trial if complete else None
+    if not complete:
+        return None
+    if spec.multi_objective:
+        return pick_by_elbo(study.best_trials, spec.directions, spec.split)
+    return study.best_trial
 
 
 def _plots(study: optuna.Study, spec: StudySpec) -> dict[str, Callable[[], object]]:
@@ -27,6 +33,17 @@ def _plots(study: optuna.Study, spec: StudySpec) -> dict[str, Callable[[], objec
     from optuna.visualization import matplotlib as ovm
 
     n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if spec.multi_objective:
+        names = list(spec.objectives)
+        plots = {"pareto_front": lambda: ovm.plot_pareto_front(study, target_names=names)}
+        for i, name in enumerate(names):
+            short = name.replace("/", "_")
+            if spec.search:
+                plots[f"slice_{short}"] = lambda i=i, name=name: ovm.plot_slice(study, target=lambda t: t.values[i], target_name=name)
+            if len(spec.search) >= 2 and n_complete >= 2:
+                plots[f"param_importances_{short}"] = lambda i=i, name=name: ovm.plot_param_importances(
+                    study, target=lambda t: t.values[i], target_name=name)
+        return plots
     plots: dict[str, Callable[[], object]] = {"optimization_history": lambda: ovm.plot_optimization_history(study)}
     if spec.search:
         plots["slice"] = lambda: ovm.plot_slice(study)
@@ -41,14 +58,16 @@ def summarize(study: optuna.Study, spec: StudySpec, tracker: Tracker, parent_run
     """Log the best trial's parameters and metrics, Optuna's plots and the trials table to the parent run."""
     import matplotlib.pyplot as plt
 
-    best = best_trial(study)
+    best = best_trial(study, spec)
     if best is not None:
-        tracker.set_tags(
-            parent_run_id,
-            {"best_trial": best.number, "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
-             **{f"best.{k}": v for k, v in best.params.items()}},
-        )
-        metrics = {f"best/{spec.metric}": best.value, **{f"best/{k}": v for k, v in best.user_attrs.get("test_metrics", {}).items()}}
+        tags = {"best_trial": best.number, "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
+                **{f"best.{k}": v for k, v in best.params.items()}}
+        if spec.multi_objective:  # which trials make the front, and the rule that chose `best` among them
+            tags["pareto_trials"] = ",".join(str(t.number) for t in sorted(study.best_trials, key=lambda t: t.number))
+            tags["best_rule"] = f"highest {spec.split}/elbo on the Pareto front"
+        tracker.set_tags(parent_run_id, tags)
+        metrics = {**{f"best/{k}": v for k, v in zip(spec.objectives, best.values)},
+                   **{f"best/{k}": v for k, v in best.user_attrs.get("test_metrics", {}).items()}}
         tracker.log_metrics(parent_run_id, metrics)
     states = {s.name.lower(): 0 for s in TrialState}
     for t in study.get_trials(deepcopy=False):

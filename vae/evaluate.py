@@ -87,9 +87,6 @@ def iwae_nll_per_image(
     log w = log p(x|z) + log p(z) - log q(z|x) for k samples z ~ q(z|x); the bound
     is logsumexp over k - log k (Burda et al. 2015). Samples are drawn `chunk` at
     a time for `batch_size` images, so memory is O(batch_size * chunk * 784).
-    With k = 1 it is the negative single-sample ELBO with a Monte Carlo KL,
-    log q(z|x) - log p(z): for the same seed and batch_size it draws the same z
-    as `elbo_metrics`, whose closed-form KL makes the two equal in expectation only.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -119,7 +116,12 @@ def iwae_nll(
     chunk: int = 500,
     seed: int = 0,
 ) -> float:
-    """The mean over x of `iwae_nll_per_image`: nats per image (lower is better)."""
+    """The mean over x of `iwae_nll_per_image`: nats per image (lower is better).
+
+    With k = 1 it is the negative single-sample ELBO with a Monte Carlo KL,
+    log q(z|x) - log p(z): for the same seed and batch_size it draws the same z as
+    `elbo_metrics`, whose closed-form KL makes the two equal in expectation only.
+    """
     return iwae_nll_per_image(model, x, k, batch_size, chunk, seed).mean().item()
 
 

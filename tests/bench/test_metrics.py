@@ -37,7 +37,8 @@ def test_the_comparison_reconstruction_has_its_own_key():
 
 def test_readers_take_keys_and_directions_from_the_registry():
     assert SCORE_NAMES == metrics.COMPARED
-    assert SHARED_METRICS == {k: metrics.better(k) for k in metrics.COMPARED}
+    assert SHARED_METRICS == {k: metrics.better(k) for k in metrics.COMPARISON}
+    assert metrics.COMPARISON == (*metrics.COMPARED, metrics.OOD_AUROC)  # OOD only where the study names a dataset
     assert METRIC_DIRECTIONS["val/elbo"] == "maximize" and METRIC_DIRECTIONS["train/recon_bce"] == "minimize"
     assert set(METRIC_DIRECTIONS) == {k for k in metrics.METRICS if k.split("/")[0] in ("train", "val")}
 

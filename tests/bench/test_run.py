@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from bench.run import build_parser
 from bench.spec import STUDIES_DIR, available_studies
-from tests.bench.conftest import REPO, TEST_STUDIES, StudyRun, png_size, require_mnist, run_cli
+from tests.bench.conftest import REPO, TEST_STUDIES, StudyRun, data_dir, png_size, require_mnist, run_cli
 
 FINISHED_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}
 
@@ -200,7 +200,8 @@ SMOKE_TEXT = (STUDIES_DIR / "smoke.toml").read_text()
 
 @dataclass(frozen=True)
 class BadInput:
-    args: tuple[str, ...]  # {toml}: the edited study file, {empty}: an empty folder, {port}: a closed port
+    args: tuple[str, ...]  # {toml}: the edited study file, {empty}: an empty folder, {port}: a closed port,
+    # {mnist_only}: a data folder with MNIST and no Fashion-MNIST
     expect: tuple[str, ...]  # fragments of the one error line
     edit: tuple[str, str] | None = None  # (old, new) text replaced once in smoke.toml -> {toml}
     append: str = ""  # text appended to smoke.toml -> {toml}
@@ -243,6 +244,17 @@ BAD_INPUTS = {
     "replicates-duplicate-seeds": _edit("seeds = 2  #", "seeds = [3, 4, 3]  #", ("bad.toml: [replicates] seeds lists seed 3 more than once",)),
     "replicates-negative-seed": _edit("seeds = 2  #", "seeds = [3, -4]  #", ("bad.toml: [replicates] seeds: every seed must be an integer", "got -4")),
     "replicates-flag-0": BadInput(("--study", "smoke", "--replicates", "0"), ("--replicates: seeds must be a count in [1, 1000]", "got 0")),
+    "two-metrics-one-direction": _edit(
+        'metric = "val/elbo"\ndirection = "maximize"', 'metric = ["val/kl", "val/recon_bce"]\ndirection = "minimize"',
+        ("study.direction: 2 metric(s) need 2 direction(s), got 'minimize'", "['minimize', 'minimize']"),
+    ),
+    "pruning-two-objectives": _edit(
+        'metric = "val/elbo"\ndirection = "maximize"', 'metric = ["val/kl", "val/recon_bce"]',
+        ("study.pruner: Optuna cannot prune a multi-objective study (val/kl, val/recon_bce)", 'type = "none"'),
+    ),
+    "missing-ood-data": BadInput(
+        ("--study", "smoke", "--data-dir", "{mnist_only}"), ("[eval] ood_dataset = 'fashion-mnist': fashion-mnist not found in",)
+    ),
 }
 
 
@@ -255,7 +267,10 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case: BadInput, tmp_
     if case.edit or case.append:
         text = SMOKE_TEXT.replace(*case.edit) if case.edit else SMOKE_TEXT
         toml.write_text(text + case.append)
-    subs = {"{toml}": str(toml), "{empty}": str(inputs / "empty"), "{port}": str(closed_port())}
+    (inputs / "mnist_only").mkdir()
+    (inputs / "mnist_only" / "MNIST").symlink_to(data_dir() / "MNIST")  # the training data, not the OOD dataset
+    subs = {"{toml}": str(toml), "{empty}": str(inputs / "empty"), "{port}": str(closed_port()),
+            "{mnist_only}": str(inputs / "mnist_only")}
     args = [_sub(a, subs) for a in case.args]
 
     # no --tracking-uri / --storage unless the case is about them: the defaults would write here

@@ -138,7 +138,7 @@ def test_study_name_defaults_to_the_file_name(tmp_path):
 def test_missing_file_and_unknown_name_are_bench_errors(tmp_path):
     with pytest.raises(BenchError, match="does not exist"):
         load_spec(str(tmp_path / "absent.toml"))
-    with pytest.raises(BenchError, match=r"unknown study 'nope'; available: burda, ci, latent, seed, smoke"):
+    with pytest.raises(BenchError, match=r"unknown study 'nope'; available: burda, ci, fashion, latent, rd, seed, smoke"):
         load_spec("nope")
 
 
@@ -204,6 +204,53 @@ def test_direction_must_match_the_metric(metric, direction, fix):
     raw["study"].update(metric=metric, direction=direction)
     with pytest.raises(ValueError, match=f"study.direction: {metric} improves when it goes the other way; use direction = {fix}"):
         parse_spec(raw, "x")
+
+
+def test_two_metrics_make_a_multi_objective_study_with_declared_directions():
+    raw = smoke_raw()
+    del raw["study"]["direction"], raw["study"]["pruner"]
+    raw["study"]["metric"] = ["val/kl", "val/recon_bce"]
+    spec = parse_spec(raw, "rd")
+    assert spec.objectives == ("val/kl", "val/recon_bce") and spec.directions == ("minimize", "minimize")
+    assert spec.multi_objective and spec.split == "val"
+    assert spec.pruner.type == "none"  # left out: a multi-objective study has no pruner
+    raw["study"]["direction"] = ["minimize", "minimize"]
+    assert parse_spec(raw, "rd").directions == ("minimize", "minimize")
+    single = parse_spec({"study": {"metric": "val/kl"}}, "one")  # no direction: the declared one
+    assert single.directions == ("minimize",) and not single.multi_objective
+
+
+@pytest.mark.parametrize(
+    "study, message",
+    [
+        ({"metric": ["val/kl", "val/recon_bce"], "direction": "minimize"}, r"2 metric\(s\) need 2 direction\(s\), got 'minimize'"),
+        ({"metric": ["val/kl", "val/recon_bce"], "direction": ["minimize"]}, r"2 metric\(s\) need 2 direction\(s\)"),
+        ({"metric": ["val/kl", "val/recon_bce"], "direction": ["minimize", "maximize"]}, r"val/recon_bce improves when it goes the other way"),
+        ({"metric": "val/kl", "direction": ["minimize"]}, r"1 metric\(s\) need 1 direction\(s\)"),
+        ({"metric": ["val/kl", "val/kl"]}, r"at least two different metrics"),
+        ({"metric": ["val/kl", "train/recon_bce"]}, r"the objectives must come from one split"),
+        ({"metric": ["val/kl", "test/kl"]}, r"study.metric must be one of"),
+        ({"metric": ["val/kl", "val/recon_bce"], "pruner": {"type": "median"}}, r"Optuna cannot prune a multi-objective study"),
+    ],
+)
+def test_inconsistent_objectives_are_refused(study, message):
+    with pytest.raises(ValueError, match=message):
+        parse_spec({"study": study}, "x")
+
+
+def test_ood_dataset_must_be_another_known_dataset():
+    assert parse_spec({"eval": {"ood_dataset": "fashion-mnist"}}, "x").eval.ood_dataset == "fashion-mnist"
+    with pytest.raises(ValueError, match="must differ from data.dataset"):
+        parse_spec({"eval": {"ood_dataset": "mnist"}}, "x")
+    with pytest.raises(ValueError, match="eval.ood_dataset must be one of fashion-mnist, mnist, got 'cifar10'"):
+        parse_spec({"eval": {"ood_dataset": "cifar10"}}, "x")
+
+
+@pytest.mark.parametrize("name, objectives, ood", [("rd", ("val/kl", "val/recon_bce"), "fashion-mnist"), ("fashion", ("val/elbo",), "mnist")])
+def test_frontier_and_ood_studies_load(name, objectives, ood):
+    spec = load_spec(name)
+    assert spec.objectives == objectives and spec.eval.ood_dataset == ood
+    assert spec.pruner.type == "none" or not spec.multi_objective
 
 
 def test_val_metric_needs_a_validation_split():
