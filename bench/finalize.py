@@ -37,11 +37,11 @@ def finalize(
 
         ood_x = load_ood_images(spec, data_root)  # None unless the study names [eval] ood_dataset
         run_comparison(study, spec, tracker, parent_run_id, data, device, progress, ood_x=ood_x)
-        run_replicates(study, spec, tracker, parent_run_id, data, device, progress)
+        run_replicates(study, spec, tracker, parent_run_id, data, device, progress, ood_x=ood_x)
     if spec.eval.paper_protocol:
         from bench.paper import score_paper_protocol
 
-        score_paper_protocol(study, tracker, data, device)
+        score_paper_protocol(study, spec, tracker, data, device)
     if not compare:
         return
     from bench.compare import report_dir as default_dir

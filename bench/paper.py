@@ -1,6 +1,6 @@
 """The literature's test NLL: the study's best VAE scored with IWAE k = 5000 on the full test set (Burda et al. 2015).
 
-`score_paper_protocol(study, tracker, data, device)` logs test/nll_iw_k5000 and its standard
+`score_paper_protocol(study, spec, tracker, data, device)` logs test/nll_iw_k5000 and its standard
 error on the best trial's run when the study sets `[eval] paper_protocol = true`; done once per run.
 """
 
@@ -35,11 +35,11 @@ def paper_nll(model: nn.Module, x: torch.Tensor, seed: int = 0, k: int = PAPER_I
 
 
 def score_paper_protocol(
-    study: optuna.Study, tracker: Tracker, data: Datasets, device: torch.device, k: int = PAPER_IW_SAMPLES
+    study: optuna.Study, spec, tracker: Tracker, data: Datasets, device: torch.device, k: int = PAPER_IW_SAMPLES
 ) -> dict[str, float] | None:
     """Score the study's best VAE with the paper's protocol on all of data.test unless its run already
     has the metric; returns what was logged (None when nothing was). `k` other than 5000 is for tests."""
-    best = best_trial(study)
+    best = best_trial(study, spec)
     if best is None or "mlflow_run_id" not in best.user_attrs:
         return None
     run_id = best.user_attrs["mlflow_run_id"]

@@ -19,6 +19,8 @@ from bench.compare import best_per_latent, trial_configs
 from bench.fd_classifier import FDClassifier, load_classifier
 from bench.objective import run_params, run_tags
 from bench.scores import score_model
+from bench.metrics import OOD_AUROC
+from bench.ood import OOD_TAG, ood_auroc
 from bench.spec import StudySpec
 from bench.tracking import REPLICATE_OF_TAG, REPLICATE_ROLE, REPLICATE_TRIAL_TAG, ROLE_TAG, SEED_TAG, Tracker
 from vae.data import Corruption, Datasets
@@ -108,8 +110,12 @@ def run_replicates(
     data: Datasets,
     device: torch.device,
     progress: bool = True,
+    ood_x: torch.Tensor | None = None,
 ) -> int:
-    """Train and score every replicate not yet FINISHED under the parent; returns the runs written."""
+    """Train and score every replicate not yet FINISHED under the parent; returns the runs written.
+
+    `ood_x`: the [eval] ood_dataset's test images; each replicate then also gets test/ood_auroc.
+    """
     best = best_per_latent(study, spec)
     todo = plan(best, spec)
     if not todo:
@@ -130,5 +136,10 @@ def run_replicates(
             model, history = train_replicate(rep.kind, model_cfg, train_cfg, rep.seed, data, device)
             for epoch, metrics in enumerate(history, start=1):
                 run.log_metrics(metrics, step=epoch)
-            run.log_metrics(replicate_scores(rep.kind, model, data, spec, classifier, rep.seed))
+            scores = replicate_scores(rep.kind, model, data, spec, classifier, rep.seed)
+            if ood_x is not None:
+                e = spec.eval
+                scores[OOD_AUROC] = ood_auroc(model, rep.kind, data.test.x, ood_x, e.iw_samples, e.iw_images, seed=rep.seed)
+                run.set_tags({OOD_TAG: e.ood_dataset})
+            run.log_metrics(scores)
     return len(todo)
