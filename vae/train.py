@@ -12,7 +12,7 @@ import random
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Iterable, Literal
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ class TrainConfig:
     epochs: int = 10  # passes over the training split
     batch_size: int = 128  # images per Adam step
     lr: float = 1e-3  # Adam learning rate
-    seed: int = 0  # seeds shuffling, binarization and z noise; weights: seed_everything(seed) before build_model
+    seed: int = 0  # seeds shuffling, binarization and z noise (fit's own generators); weights: seed_everything(seed) before build_model
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls, fp32 weights and loss
     compile: bool = False  # torch.compile the model's loss (forward and backward); first steps compile
     flush_denormal: bool = True  # on a CPU, treat subnormal floats as 0 while training (vae.denormal says why)
@@ -93,12 +93,24 @@ def autocast(device: torch.device, precision: str):
     return nullcontext()
 
 
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam; the fused kernel where this torch has it for the device (one kernel per step)."""
+def make_optimizer(params: nn.Module | Iterable[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    """Adam over a model's parameters (or any tensors); the fused kernel where this torch has it for the device."""
+    params = list(params.parameters() if isinstance(params, nn.Module) else params)
     try:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+        return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
+def noise_generator(seed: int, device: torch.device) -> torch.Generator:
+    """The generator of one run's dynamic binarization and z noise, on `device`, seeded with `seed`.
+
+    One explicit generator per run (not torch's global one) lets several runs draw
+    independently side by side (vae.stacked). Binarization and z noise draw from it
+    in the order the global generator saw them before, and a fresh generator seeded
+    with s gives the same numbers as torch.manual_seed(s), so CPU results are unchanged.
+    """
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def compiled_loss(model: nn.Module) -> Callable[..., dict[str, torch.Tensor]]:
@@ -135,6 +147,9 @@ def fit(
     val = data.val.to(device)
     opt = make_optimizer(model, config.lr)
     shuffle_gen = torch.Generator().manual_seed(config.seed)
+    # compiled graphs draw their noise from torch's global generator (seeded above), so the
+    # compiled path keeps that one for the binarization too: the same stream as before
+    noise_gen = None if config.compile else noise_generator(config.seed, device)
     history: list[dict[str, float]] = []
     n_batches = math.ceil(len(train) / config.batch_size)
 
@@ -147,7 +162,7 @@ def fit(
             sums: torch.Tensor | None = None  # (len(keys),) batch-size-weighted sums of those terms
             seen = 0
             bar = tqdm(
-                train.batches(config.batch_size, shuffle=True, generator=shuffle_gen),
+                train.batches(config.batch_size, shuffle=True, generator=shuffle_gen, binarize_generator=noise_gen),
                 total=n_batches,
                 desc=f"epoch {epoch}/{config.epochs}",
                 disable=not progress,
@@ -156,7 +171,7 @@ def fit(
             )
             for step, xb in enumerate(bar):
                 with autocast(device, config.precision):
-                    terms = loss_fn(xb)
+                    terms = loss_fn(xb) if noise_gen is None else loss_fn(xb, generator=noise_gen)
                 loss = terms["loss"]
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
