@@ -197,7 +197,8 @@ def _fit_stacked(
             keys: list[str] = []
             sums: torch.Tensor | None = None  # (K, len(keys))
             for step, start in enumerate(range(0, n, bs)):
-                xb = train.x[orders[:, start : start + bs]]  # (K, B, 784): one gather for all models
+                idx = orders[:, start : start + bs]  # (K, B)
+                xb = train.x.index_select(0, idx.reshape(-1)).view(K, idx.shape[1], -1)  # (K, B, 784): one gather
                 if train.dynamic:  # each model's binarization from its own generator, in fit's order
                     xb = torch.stack([torch.bernoulli(xb[k], generator=noise_gens[k]) for k in range(K)])
                 terms = stack.loss(xb, noise_gens)
