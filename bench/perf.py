@@ -35,7 +35,7 @@ REFERENCE_DATA = DataConfig(binarize="none", val_size=0)  # all 60,000 training 
 REFERENCE_TRAIN = TrainConfig(batch_size=128, lr=1e-3, seed=0)
 
 SPEEDUP_TARGET = 8.0  # speedup_vs_reference at least this
-FLOOR_RATIO_TARGET = 1.2  # ratio_to_floor at most this (fp32)
+FLOOR_RATIO_TARGET = 1.3  # ratio_to_floor at most this (fp32; issue 12)
 QUALITY_EPOCHS = 10
 QUALITY_TARGET = 105.0  # test loss (negative single-sample ELBO, nats per image) at most this after 10 epochs
 EXAMPLES_QUALITY = 105.55  # what pytorch/examples reaches after 10 epochs (shared/ANCHORS.md)
@@ -308,9 +308,11 @@ def machine_info() -> dict[str, object]:
         pass
     flags = set(fields.get("flags", "").split())
     return {
+        "cpu_vendor": fields.get("vendor_id", "unknown"),
         "cpu_model": fields.get("model name", platform.processor() or "unknown"),
         "cpu_family_model": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
         "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile"}),
+        "bf16_matmul": bf16_supported(),  # oneDNN's native bf16 (avx512_bf16 or AMX); else bf16 is emulated, slower
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -447,6 +449,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     for p, (fit_t, ref_t) in timings.items():
         runs[p] = summarize_run(p, fit_t, ref_t, flops, rates)
         runs[p]["floor_plus_adam_s"] = runs[p]["floor_s"] + adam_epoch_s
+        runs[p]["contended"] = contended(runs[p])  # then no target is reported as met
         if args.quality:
             runs[p]["quality"] = quality_check(data, replace(train_config, precision=p))
     reference_q = reference_quality(root, train_config) if args.quality else None
@@ -485,8 +488,17 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 # ---------------------------------------------------------------- output
 
 
-def _met(ok: bool) -> str:
+def _met(ok: bool, contended: bool = False) -> str:
+    """The verdict on a target; a time measured while other processes held the CPUs never counts as met."""
+    if contended and ok:
+        return "NOT JUDGED (contended run: rerun on an idle machine)"
     return "met" if ok else "MISSED"
+
+
+def contended(run: dict[str, object]) -> bool:
+    """Whether other processes used more than CONTENDED_SHARE of the CPUs during a timed epoch (or it is unknown)."""
+    share = run.get("max_others_cpu_share")
+    return share is None or share > CONTENDED_SHARE
 
 
 def format_table(result: dict[str, object]) -> str:
@@ -494,8 +506,9 @@ def format_table(result: dict[str, object]) -> str:
     m = result["machine"]
     rates = result["gemm_gflops"]
     lines = [
-        f"machine: {m['cpu_model']} (family/model {m['cpu_family_model']}), {m['logical_cpus']} logical CPUs, "
-        f"flags {' '.join(m['cpu_flags'])}",
+        f"machine: {m['cpu_vendor']} {m['cpu_model']} (family/model {m['cpu_family_model']}), "
+        f"{m['logical_cpus']} logical CPUs, flags {' '.join(m['cpu_flags']) or '(none of note)'}, "
+        f"native bf16 matmul: {'yes' if m['bf16_matmul'] else 'no'}",
         f"torch {m['torch']} ({m['cpu_capability']}), {m['torch_threads']} threads; "
         f"load average {m['load_avg_1m']} at start, {m['load_avg_1m_end']} at end",
         "",
@@ -518,18 +531,18 @@ def format_table(result: dict[str, object]) -> str:
             f"  pytorch/examples way (reference)   {r['reference_epoch_s']:8.3f}   all: "
             + " ".join(f"{t:.3f}" for t in r["reference_epochs_s"]),
             f"  speedup vs reference  {r['speedup_vs_reference']:6.2f}x   target >= {SPEEDUP_TARGET}: "
-            + _met(r["speedup_vs_reference"] >= SPEEDUP_TARGET),
+            + _met(r["speedup_vs_reference"] >= SPEEDUP_TARGET, contended(r)),
         ]
         if p == "fp32":
             lines.append(
                 f"  ratio to floor        {r['ratio_to_floor']:6.2f}    target <= {FLOOR_RATIO_TARGET}: "
-                + _met(r["ratio_to_floor"] <= FLOOR_RATIO_TARGET)
+                + _met(r["ratio_to_floor"] <= FLOOR_RATIO_TARGET, contended(r))
                 + f"   (to the peak floor: {r['ratio_to_peak_floor']:.2f})"
             )
         else:
             lines.append(
                 f"  ratio to fp32 floor   {r['ratio_to_fp32_floor']:6.2f}    target < 1: "
-                + _met(r["ratio_to_fp32_floor"] < 1)
+                + _met(r["ratio_to_fp32_floor"] < 1, contended(r))
                 + f"   (to its own {p} floor: {r['ratio_to_floor']:.2f})"
             )
         share = r["max_others_cpu_share"]

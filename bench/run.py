@@ -45,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to train")
     p.add_argument("--seed", type=int, default=None, help="overrides the training and sampler seeds (default: the study file's)")
     p.add_argument("--replicates", type=int, default=None, help="seed replicates of each compared configuration, seeds train.seed+1 .. train.seed+N (default: the study file's [replicates], else none)")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes sharing the study")
+    p.add_argument("--workers", type=workers_arg, default="auto",
+                   help="local worker processes sharing the study, or auto: on a CPU one single-thread worker "
+                   "per core, at most one per trial (measured faster than one worker using all cores); "
+                   "on a GPU 1")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: CPU cores / workers)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--epoch-progress", action="store_true", help="also show a progress bar per epoch")
@@ -56,6 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def workers_arg(value: str) -> int | str:
+    """--workers: a count, or "auto"."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {value!r}") from None
+
+
+def auto_workers(n_trials: int, device_type: str, cpus: int | None = None) -> int:
+    """Workers for --workers auto: one per CPU core on a CPU (each with one thread), capped by the trials.
+
+    Two single-thread workers finished the smoke study's trials faster than one two-thread worker
+    (BENCHMARKS.md): these models are too small for one step to keep two cores busy. On a GPU the
+    workers would share one device, which is not measured yet: 1.
+    """
+    if device_type != "cpu":
+        return 1
+    return max(1, min(cpus or os.cpu_count() or 1, n_trials, 64))
+
+
 @dataclass
 class Validated:
     spec: object
@@ -64,6 +89,7 @@ class Validated:
     storage: object
     data_root: str
     threads: int
+    workers: int = 1
 
 
 def validate(args: argparse.Namespace) -> Validated:
@@ -78,8 +104,8 @@ def validate(args: argparse.Namespace) -> Validated:
     spec = load_spec(args.study).with_overrides(
         n_trials=args.n_trials, epochs=args.epochs, timeout_s=args.timeout, seed=args.seed, replicates=args.replicates
     )
-    if args.workers < 1 or args.workers > 64:
-        raise BenchError(f"--workers must be between 1 and 64, got {args.workers}")
+    if args.workers != "auto" and (args.workers < 1 or args.workers > 64):
+        raise BenchError(f"--workers must be between 1 and 64, got {args.workers} (or auto)")
     if args.threads is not None and args.threads < 1:
         raise BenchError(f"--threads must be at least 1, got {args.threads}")
     try:
@@ -97,8 +123,9 @@ def validate(args: argparse.Namespace) -> Validated:
         raise BenchError("--storage and --tracking-uri name the same database; Optuna and MLflow need separate ones")
     check_tracking_uri(uri)
     check_reachable(storage)
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
-    return Validated(spec, device, uri, storage, str(root), threads)
+    workers = auto_workers(spec.n_trials, device.type) if args.workers == "auto" else args.workers
+    threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
+    return Validated(spec, device, uri, storage, str(root), threads, workers)
 
 
 def _raise_interrupt(signum, frame):  # SIGTERM ends the current trial like Ctrl-C
@@ -168,7 +195,8 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags
     spec = v.spec
     progress = not args.no_progress
 
-    data = load_data(spec.data, v.data_root)
+    # resident on the training device for the whole study: no trial copies the data again
+    data = load_data(spec.data, v.data_root).to(v.device)
     stale = StaleTrialHandler()
     storage = open_storage(v.storage, stale)
     study, created = open_study(spec, storage, seed_offset=args.worker_index)
@@ -181,8 +209,8 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags
         print(f"marked trials {recovered} as failed and queued them again: their worker process is gone", file=sys.stderr)
     tracker.set_status(parent, "RUNNING")
     children = []
-    if args.workers > 1:
-        children = spawn_workers(strip_flags(argv, {"--workers": True, "--threads": True}), args.workers, v.threads)
+    if v.workers > 1:
+        children = spawn_workers(strip_flags(argv, {"--workers": True, "--threads": True}), v.workers, v.threads)
 
     runner = TrialRunner(spec, data, v.device, tracker, parent, epoch_progress=args.epoch_progress)
     deadline = None if spec.timeout_s is None else time.monotonic() + spec.timeout_s

@@ -80,15 +80,25 @@ class Split:
         return Split(self.x.to(device), self.y.to(device), self.dynamic)
 
     def batches(
-        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        binarize_generator: torch.Generator | None = None,
     ) -> Iterator[torch.Tensor]:
-        """Yield (B, 784) batches by index; the last one may be smaller."""
+        """Yield (B, 784) batches by index; the last one may be smaller.
+
+        `generator` (a CPU generator) draws the shuffling order; `binarize_generator`
+        (on the data's device; None: torch's global one) draws the dynamic binarization.
+        """
         n = len(self)
         order = torch.randperm(n, generator=generator, device="cpu").to(self.x.device) if shuffle else None
         for start in range(0, n, batch_size):
-            xb = self.x[order[start : start + batch_size]] if order is not None else self.x[start : start + batch_size]
+            # index_select copies whole rows; x[idx] goes through the general indexing kernel, slower
+            xb = self.x.index_select(0, order[start : start + batch_size]) if order is not None else self.x[start : start + batch_size]
             if self.dynamic:
-                xb = torch.bernoulli(xb)
+                xb = torch.bernoulli(xb, generator=binarize_generator)
             yield xb
 
 

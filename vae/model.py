@@ -99,14 +99,18 @@ class VAE(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, 784) -> logits (B, 784), mu, logvar (B, latent_dim); z is sampled."""
+    def forward(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, 784) -> logits (B, 784), mu, logvar (B, latent_dim); z is sampled (from `generator`, else torch's)."""
         mu, logvar = self.encode(x)
-        return self.decode(self.reparameterize(mu, logvar)), mu, logvar
+        return self.decode(self.reparameterize(mu, logvar, generator)), mu, logvar
 
-    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Training loss recon + beta * KL and its terms (batch means, nats per image)."""
-        logits, mu, logvar = self(x)
+    def loss(
+        self, x: torch.Tensor, target: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Training loss recon + beta * KL and its terms (batch means, nats per image); z noise from `generator`."""
+        logits, mu, logvar = self(x, generator)
         t = elbo_terms(logits, x if target is None else target, mu, logvar)
         return {"loss": t.loss(self.config.beta), "recon_bce": t.recon_bce, "kl": t.kl, "elbo": t.elbo}
 
@@ -147,8 +151,10 @@ class Autoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.codes(x))
 
-    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Reconstruction BCE (batch mean, nats per image) is the whole loss."""
+    def loss(
+        self, x: torch.Tensor, target: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Reconstruction BCE (batch mean, nats per image) is the whole loss; draws nothing (`generator` unused)."""
         recon = bernoulli_nll(self(x), x if target is None else target).mean()
         return {"loss": recon, "recon_bce": recon}
 

@@ -79,6 +79,7 @@ class StudyRun:
             "--storage", str(self.journal),
             "--no-progress",
             "--no-baselines",
+            "--workers", "1",  # these tests follow one worker; --workers auto would start one per core
             *extra,
         ]  # fmt: skip
 

@@ -158,7 +158,7 @@ def workers():
 
 def run_args(study: Path, storage: str | None, tracking: str, n_trials: int, *extra: str) -> list[str]:
     args = ["--study", str(study), "--tracking-uri", tracking, "--n-trials", str(n_trials),
-            "--threads", "1", "--no-baselines", "--no-progress", *extra]
+            "--workers", "1", "--threads", "1", "--no-baselines", "--no-progress", *extra]
     return args + (["--storage", storage] if storage else [])
 
 

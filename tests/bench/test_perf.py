@@ -62,3 +62,30 @@ def test_flags_default_to_what_fit_does_and_refuse_bad_values(capsys):
         parse_args(["--seed", "-1"])
     assert exc.value.code == 2
     assert "--seed must be at least 0" in capsys.readouterr().err
+
+
+def _result(share: float | None, ratio: float) -> dict:
+    """A bench.perf result as `run` returns it, with one fp32 run of the given contention and ratio."""
+    run = {"epochs_s": [1.0, 1.0, 1.0], "reference_epochs_s": [9.0] * 3, "floor_s": 1.0 / ratio, "peak_floor_s": 0.5,
+           "floor_plus_adam_s": 1.0, "epoch_s": 1.0, "reference_epoch_s": 9.0, "speedup_vs_reference": 9.0,
+           "ratio_to_floor": ratio, "ratio_to_peak_floor": 2.0, "max_others_cpu_share": share}
+    machine = {"cpu_vendor": "GenuineIntel", "cpu_model": "Intel(R) Xeon(R) Processor", "cpu_family_model": "6/167",
+               "logical_cpus": 2, "cpu_flags": ["amx_bf16", "avx512_bf16"], "bf16_matmul": True, "torch": "2.x",
+               "cpu_capability": "AVX512", "torch_threads": 2, "load_avg_1m": 0.1, "load_avg_1m_end": 0.1}
+    return {"machine": machine, "gemm_gflops": {"fp32": {"square": 100.0, "model": 90.0}}, "matmul_gflop_per_epoch": 90.0,
+            "config": {"train_images": 60000, "warmup_epochs": 1}, "adam_s_per_epoch": 0.1, "runs": {"fp32": run}}
+
+
+def test_the_table_states_the_cpu_kind_and_never_calls_a_contended_run_met():
+    from bench.perf import format_table
+
+    idle = format_table(_result(0.01, 1.1))
+    assert "GenuineIntel Intel(R) Xeon(R) Processor (family/model 6/167)" in idle
+    assert "amx_bf16 avx512_bf16" in idle and "native bf16 matmul: yes" in idle
+    assert "target <= 1.3: met" in idle and "target >= 8.0: met" in idle
+    busy = format_table(_result(0.30, 1.1))  # others held 30 % of the CPUs during a timed epoch
+    assert ": met" not in busy
+    assert busy.count("NOT JUDGED (contended run") == 2 and "WARNING: contended" in busy
+    unknown = format_table(_result(None, 1.1))  # no /proc/stat: cannot tell, so not judged either
+    assert ": met" not in unknown
+    assert "target <= 1.3: MISSED" in format_table(_result(0.30, 1.5))  # a miss is a miss, contended or not

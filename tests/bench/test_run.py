@@ -214,6 +214,12 @@ def _edit(old: str, new: str, expect: tuple[str, ...]) -> BadInput:
 
 _SYNTAX_LINE = SMOKE_TEXT.splitlines().index("[model]") + 1
 
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
 BAD_INPUTS = {
     "unknown-study": BadInput(("--study", "nope"), ("unknown study 'nope'", *available_studies())),
     "toml-syntax": _edit("[model]", "[model", ("TOML syntax error", f"line {_SYNTAX_LINE}")),
@@ -239,6 +245,8 @@ BAD_INPUTS = {
         ("cannot reach the Optuna storage postgresql://nobody@127.0.0.1:1/x", "--storage"),
     ),
     "epochs-flag-0": BadInput(("--study", "smoke", "--epochs", "0"), ("--epochs: epochs must be an integer in [1, 100000], got 0",)),
+    **({} if _cuda_available() else {"cuda-missing": BadInput(
+        ("--study", "smoke", "--device", "cuda"), ("device 'cuda' requested but CUDA is not available", "--device cpu"))}),
     "workers-flag-0": BadInput(("--study", "smoke", "--workers", "0"), ("--workers must be between 1 and 64, got 0",)),
     "replicates-0": _edit("seeds = 2  #", "seeds = 0  #", ("bad.toml: [replicates] seeds must be a count in [1, 1000]", "got 0")),
     "replicates-duplicate-seeds": _edit("seeds = 2  #", "seeds = [3, 4, 3]  #", ("bad.toml: [replicates] seeds lists seed 3 more than once",)),
@@ -324,3 +332,60 @@ def test_help_names_every_flag_with_its_default(tmp_path):
     assert "--worker-index" not in proc.stdout and "--no-finalize" not in proc.stdout  # internal flags stay hidden
     for name in available_studies():
         assert name in blocks["--study"]
+
+
+# ------------------------------------------------------------------ parallel workers
+
+
+def test_auto_workers_is_one_per_core_capped_by_trials_and_one_on_a_gpu():
+    from bench.run import auto_workers
+
+    assert auto_workers(16, "cpu", cpus=2) == 2
+    assert auto_workers(1, "cpu", cpus=2) == 1
+    assert auto_workers(16, "cpu", cpus=1) == 1
+    assert auto_workers(3, "cpu", cpus=16) == 3
+    assert auto_workers(16, "cuda", cpus=16) == 1
+    assert build_parser().parse_args([]).workers == "auto"
+    assert build_parser().parse_args(["--workers", "3"]).workers == 3
+
+
+@pytest.mark.slow
+def test_two_workers_train_the_same_trials_as_one(tmp_path):
+    """A seeded grid study: run by one worker, and by two worker processes (one thread each) started
+    together on one journal, the same configurations get the same validation and test numbers,
+    whichever worker ran them."""
+    import subprocess
+    import sys
+
+    from tests.bench.conftest import cli_env
+
+    require_mnist()
+    results = {}
+    for workers in (1, 2):
+        run = StudyRun(tmp_path / f"w{workers}", "grid")
+        run.cwd.mkdir()
+        args = [sys.executable, "-m", "bench.run", *run.args(TEST_STUDIES / "grid.toml", "--threads", "1")]
+        # started together, so both find trials to run (a spawned --workers 2 child starts seconds later)
+        procs = [subprocess.Popen(args, cwd=run.cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(workers)]
+        outs = [p.communicate(timeout=900) for p in procs]
+        assert [p.returncode for p in procs] == [0] * workers, outs
+        trials = run.optuna_study().trials
+        assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+        if workers == 2:  # both processes ran trials
+            assert len({t.user_attrs["worker"] for t in trials}) == 2, [t.user_attrs["worker"] for t in trials]
+        results[workers] = {(t.params["latent_dim"], t.params["hidden_width"]): (t.value, t.user_attrs["test_metrics"])
+                            for t in trials}
+    assert sorted(results[1]) == [(2, 16), (2, 32), (4, 16), (4, 32)]
+    # two workers starting at the same instant may draw the same grid point (Optuna's GridSampler
+    # in a distributed study); every configuration both runs trained must agree
+    common = sorted(set(results[1]) & set(results[2]))
+    assert len(common) >= 3, sorted(results[2])
+    for key in common:
+        value, test = results[1][key]
+        value2, test2 = results[2][key]
+        assert value2 == pytest.approx(value, rel=1e-5), key
+        assert test2.keys() == test.keys()
+        for name in test:
+            assert test2[name] == pytest.approx(test[name], rel=1e-5, abs=1e-6), (key, name)
+    assert len({v for v, _ in results[1].values()}) == 4  # four different configurations, four different values

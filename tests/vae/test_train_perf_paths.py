@@ -101,3 +101,33 @@ def test_train_metrics_weight_each_batch_by_its_size(data):
         assert list(h) == ["train/row_sum", "train/size"]
         assert h["train/row_sum"] == pytest.approx(expected, rel=1e-5)
         assert h["train/size"] == pytest.approx(sizes, rel=1e-6)
+
+
+def test_lean_adam_steps_exactly_as_torch_fused_adam():
+    from vae.train import LeanAdam, make_optimizer
+
+    torch.manual_seed(0)
+    a, b = build_model("vae", MODEL), build_model("vae", MODEL)
+    b.load_state_dict(a.state_dict())
+    lean, ref = make_optimizer(a, 3e-3), torch.optim.Adam(b.parameters(), lr=3e-3, fused=True)
+    assert isinstance(lean, LeanAdam)
+    g = torch.Generator().manual_seed(1)
+    for step in range(5):
+        x = torch.rand(32, 784, generator=g)
+        for model, opt in ((a, lean), (b, ref)):
+            opt.zero_grad(set_to_none=True)
+            torch.manual_seed(step)  # the same z noise for both
+            model.loss(x)["loss"].backward()
+            if step == 2:
+                model.decoder[0].bias.grad = None  # a tensor without a gradient is skipped, as torch.optim does
+            opt.step()
+        for p, q in zip(a.parameters(), b.parameters()):
+            assert torch.equal(p, q), step  # bit for bit: the same kernel on the same numbers
+
+
+def test_batches_by_index_select_are_the_rows_of_the_shuffled_order():
+    x = torch.arange(10 * 784, dtype=torch.float32).reshape(10, 784)
+    split = Split(x, torch.zeros(10, dtype=torch.long))
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(3))
+    got = torch.cat(list(split.batches(4, shuffle=True, generator=torch.Generator().manual_seed(3))))
+    assert torch.equal(got, x[order])

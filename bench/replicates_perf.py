@@ -1,0 +1,90 @@
+"""Seconds per model-step of K replicates trained stacked (vae.stacked) against one after the other.
+
+`python -m bench.replicates_perf [--k 3] [--widths 64 128 256 512 1024] [--threads 1]` interleaves
+both ways in one process (best of --rounds rounds) and prints one row per hidden width.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+
+from bench.errors import HelpFormatter
+from bench.perf import Stopwatch, machine_info
+from vae.denormal import denormals_flushed
+from vae.model import INPUT_DIM, ModelConfig, build_model
+from vae.stacked import StackedModels
+from vae.train import make_optimizer
+
+
+def measure(kind: str, width: int, latent: int, k: int, batch: int, steps: int, rounds: int) -> dict[str, float]:
+    """Best-of-rounds seconds per model-step of each way, and the other processes' CPU share meanwhile."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(latent_dim=latent, hidden_width=width)
+    dev = torch.device("cpu")
+    models = [build_model(kind, cfg) for _ in range(k)]
+    x = torch.bernoulli(torch.full((k, batch, INPUT_DIM), 0.2))
+    gens = [torch.Generator().manual_seed(i) for i in range(k)]
+    stack = StackedModels(kind, [build_model(kind, cfg) for _ in range(k)], dev)
+    s_opt = make_optimizer(stack.parameters(), 1e-4)
+    opts = [make_optimizer(m, 1e-4) for m in models]
+
+    def stacked() -> None:
+        for _ in range(steps):
+            s_opt.zero_grad(set_to_none=True)
+            stack.loss(x, gens)["loss"].backward()
+            s_opt.step()
+
+    def sequential() -> None:
+        for m, o, i in zip(models, opts, range(k)):
+            for _ in range(steps):  # as fit_replicates' sequential way: one model's steps, then the next's
+                o.zero_grad(set_to_none=True)
+                m.loss(x[i], generator=gens[i])["loss"].backward()
+                o.step()
+
+    best = {"stacked": math.inf, "sequential": math.inf}
+    share = 0.0
+    with denormals_flushed(True):
+        stacked(), sequential()
+        for _ in range(rounds):
+            for name, fn in (("stacked", stacked), ("sequential", sequential)):
+                sw = Stopwatch()
+                fn()
+                wall, others = sw.stop()
+                best[name] = min(best[name], wall / (steps * k))
+                share = max(share, others or 0.0)
+    return {**best, "others_cpu_share": share}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.replicates_perf", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("--kind", default="vae", choices=["vae", "ae"], help="model kind")
+    p.add_argument("--k", type=int, default=3, help="replicates trained together")
+    p.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512, 1024], help="hidden widths")
+    p.add_argument("--latent", type=int, default=16, help="latent size")
+    p.add_argument("--batch", type=int, default=128, help="images per step")
+    p.add_argument("--steps", type=int, default=20, help="steps per model per round")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the best is kept")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    info = machine_info()
+    print(f"{info['cpu_model']} (family/model {info['cpu_family_model']}, {' '.join(info['cpu_flags'])}), "
+          f"{args.threads} thread(s), load {os.getloadavg()[0]:.2f}")
+    print(f"{'width':>6} {'stacked ms':>11} {'sequential ms':>14} {'stacked/seq':>12} {'others':>7}   (per model-step, K={args.k})")
+    for w in args.widths:
+        r = measure(args.kind, w, args.latent, args.k, args.batch, args.steps, args.rounds)
+        print(f"{w:6d} {1e3 * r['stacked']:11.3f} {1e3 * r['sequential']:14.3f} {r['stacked'] / r['sequential']:12.2f} "
+              f"{100 * r['others_cpu_share']:6.0f}%")
+    print(f"load at end {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

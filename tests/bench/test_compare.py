@@ -1,0 +1,61 @@
+"""bench.compare's pool: the comparison's models computed in parallel processes equal those computed in one.
+
+A smoke-sized job list (a trained VAE's scores, an autoencoder trained and scored, PCA) with a stand-in
+feature classifier; the scores, the autoencoder's epoch metrics and its images are compared value by value.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.compare import Job, comparison_processes, compute_jobs
+from bench.fd_classifier import FDClassifier, FeatureMLP
+from vae.model import ModelConfig, build_model
+from vae.train import TrainConfig, fit, save_checkpoint, seed_everything
+
+MODEL = ModelConfig(latent_dim=2, hidden_width=32)
+TRAIN = TrainConfig(epochs=1, batch_size=128, seed=3)
+
+
+@pytest.fixture(scope="module")
+def jobs(data, tmp_path_factory) -> list[Job]:
+    seed_everything(TRAIN.seed)
+    vae = build_model("vae", MODEL)
+    fit(vae, data, TRAIN, progress=False)
+    ckpt = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", vae, "vae", TRAIN)
+    return [Job(2, "vae", "run-a", MODEL, TRAIN, str(ckpt)), Job(2, "ae", "run-a", MODEL, TRAIN),
+            Job(2, "pca", "run-a", MODEL, TRAIN)]
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory) -> FDClassifier:
+    torch.manual_seed(0)  # random features are features: the FD only has to be the same function in every process
+    return FDClassifier(FeatureMLP().eval(), {}, tmp_path_factory.mktemp("fd") / "none.pt", from_cache=True)
+
+
+def test_two_processes_compute_what_one_computes(data, jobs, classifier, one_torch_thread):
+    cpu = torch.device("cpu")
+    one = {(r.job.kind, r.job.latent): r for r in compute_jobs(jobs, data, classifier, cpu, 200, processes=1)}
+    two = {(r.job.kind, r.job.latent): r for r in compute_jobs(jobs, data, classifier, cpu, 200, processes=2)}
+    assert sorted(one) == sorted(two) == [("ae", 2), ("pca", 2), ("vae", 2)]
+    for key, a in one.items():
+        b = two[key]
+        assert a.scores.keys() == b.scores.keys() and len(a.scores) == 7
+        for name, v in a.scores.items():
+            assert b.scores[name] == pytest.approx(v, rel=1e-5, abs=1e-6), (key, name)
+        assert len(a.history) == len(b.history) == (1 if key[0] == "ae" else 0)
+        for ha, hb in zip(a.history, b.history):
+            assert hb == pytest.approx(ha, rel=1e-5)
+        assert a.images.keys() == b.images.keys()
+        for name in a.images:
+            torch.testing.assert_close(a.images[name], b.images[name], rtol=1e-5, atol=1e-5)
+    assert one[("ae", 2)].scores["test/recon_bce"] > 0  # an honest number, not a placeholder
+
+
+def test_process_count_follows_the_cores_and_the_device():
+    cpu = torch.device("cpu")
+    assert comparison_processes(18, cpu, cpus=2) == 2
+    assert comparison_processes(1, cpu, cpus=2) == 1
+    assert comparison_processes(18, cpu, cpus=1) == 1
+    assert comparison_processes(18, torch.device("cuda"), cpus=16) == 1
