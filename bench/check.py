@@ -59,11 +59,8 @@ def gate_run(args: argparse.Namespace, seed: int | None) -> dict[tuple[str, str]
 
 def collect_metrics(tracker, parent_run_id: str) -> dict[tuple[str, str], float]:
     """Every test/ metric of the parent's child runs, keyed by (model tag, metric)."""
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
-    )
     values: dict[tuple[str, str], float] = {}
-    for r in runs:
+    for r in tracker.find_runs(parent_run_id):
         model = r.data.tags.get("model", "?")
         for k, val in r.data.metrics.items():
             if k.startswith("test/"):

@@ -15,14 +15,16 @@ import torch
 from optuna.trial import FixedTrial, TrialState
 from tqdm.auto import tqdm
 
-from bench.baselines import make_sampler, sampler_generator, train_baseline, training_images
+from bench import tags as T
+from bench.baselines import train_baseline
+from bench.describe import BEST_ALIAS, baseline_note, dataset_inputs, model_name, registered_name
 from bench.fd_classifier import load_classifier
+from bench.images import log_epoch_images, log_final_grids
 from bench.objective import run_params, run_tags, suggest_configs
 from bench.scores import score_model
 from bench.spec import StudySpec
-from bench.tracking import ROLE_TAG, Tracker
+from bench.tracking import Tracker
 from vae.data import Datasets
-from vae.evaluate import image_grid, reconstruction_grid
 from vae.model import ModelConfig
 from vae.train import TrainConfig, load_checkpoint
 
@@ -32,7 +34,7 @@ def best_per_latent(study: optuna.Study, spec: StudySpec) -> dict[int, optuna.tr
     best: dict[int, optuna.trial.FrozenTrial] = {}
     sign = 1 if spec.direction == "maximize" else -1
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if "mlflow_run_id" not in t.user_attrs:
+        if T.RUN_ID_ATTR not in t.user_attrs:
             continue
         latent = int(t.params.get("latent_dim", spec.model.latent_dim))
         if latent not in best or sign * t.value > sign * best[latent].value:
@@ -46,13 +48,7 @@ def trial_configs(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> tuple[Mod
 
 
 def _baseline_done(tracker: Tracker, parent_run_id: str, kind: str, vae_run_id: str) -> bool:
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id],
-        filter_string=(f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.model = '{kind}' "
-                       f"and tags.vae_run_id = '{vae_run_id}' and attributes.status = 'FINISHED'"),
-        max_results=1,
-    )
-    return bool(runs)
+    return bool(tracker.find_runs(parent_run_id, {T.MODEL: kind, T.VAE_RUN_ID: vae_run_id}, "FINISHED", max_results=1))
 
 
 def run_comparison(
@@ -68,23 +64,25 @@ def run_comparison(
     best = best_per_latent(study, spec)
     if not best:
         return 0
-    _untag_superseded(tracker, parent_run_id, {t.user_attrs["mlflow_run_id"] for t in best.values()})
+    _untag_superseded(tracker, parent_run_id, {t.user_attrs[T.RUN_ID_ATTR] for t in best.values()})
     classifier = load_classifier(data)
     written = 0
     steps = [(latent, kind) for latent in best for kind in ("vae", *spec.baselines.models)]
     for latent, kind in tqdm(steps, desc="baselines", unit="model", disable=not progress):
         trial = best[latent]
-        vae_run = trial.user_attrs["mlflow_run_id"]
+        vae_run = trial.user_attrs[T.RUN_ID_ATTR]
         model_cfg, train_cfg = trial_configs(trial, spec)
         if kind == "vae":
-            if tracker.client.get_run(vae_run).data.tags.get("compared") == "true":
+            vae_tags = tracker.tags_of(vae_run)
+            if vae_tags.get(T.COMPARED) == "true":
                 continue
             with tempfile.TemporaryDirectory(prefix="vaebench-") as tmp:
                 model, _ = load_checkpoint(tracker.download(vae_run, "checkpoint/model.pt", tmp), device)
             scores = score_model(model, data, kind="vae", classifier=classifier,
                                  n_fd_samples=spec.baselines.fd_samples, seed=train_cfg.seed)
             tracker.log_metrics(vae_run, scores)
-            tracker.set_tags(vae_run, {"compared": "true"})
+            _register_best(tracker, spec, latent, vae_run, vae_tags)
+            tracker.set_tags(vae_run, {T.COMPARED: "true"})
             written += 1
             continue
         if _baseline_done(tracker, parent_run_id, kind, vae_run):
@@ -94,34 +92,56 @@ def run_comparison(
     return written
 
 
+def _register_best(tracker: Tracker, spec: StudySpec, latent: int, vae_run: str, vae_tags: dict[str, str]) -> None:
+    """The best VAE at this latent size becomes the registered model's version that the alias points at."""
+    uri = vae_tags.get(T.MODEL_URI)
+    if not uri:
+        return  # logged by a version of the project that did not record it
+    name = registered_name(spec.name, latent)
+    desc = (f"The best VAE of study {spec.name} at latent size {latent} by {spec.metric} "
+            f"(trial {vae_tags.get(T.TRIAL_NUMBER)}); load it with mlflow.pytorch.load_model('models:/{name}@{BEST_ALIAS}').")
+    ref = tracker.register_model(uri, name, BEST_ALIAS, vae_run, desc)
+    tracker.set_tags(vae_run, {T.REGISTERED_AS: ref})
+
+
 def _run_baseline(kind, model_cfg, train_cfg, spec, tracker, parent_run_id, vae_run, data, device, classifier) -> None:
-    """One baseline child run: train (AE) or fit (PCA), score, and log images."""
-    params = run_params(model_cfg, train_cfg, spec)
-    if kind == "pca":  # PCA has no network: keep what defines it
-        params = {k: v for k, v in params.items() if k in ("latent_dim", "seed") or k.startswith("data.")}
-    tags = {ROLE_TAG: "baseline", "vae_run_id": vae_run, "compared": "true",
-            **run_tags(spec, data, device, kind, model_cfg.latent_dim)}
-    with tracker.child_run(parent_run_id, f"{kind}-latent{model_cfg.latent_dim}", params, tags) as run:
+    """One baseline child run: train (AE, images at each epoch) or fit (PCA, images at the same steps), score."""
+    latent = model_cfg.latent_dim
+    vae_name = f"trial-{int(tracker.tags_of(vae_run).get(T.TRIAL_NUMBER, -1)):03d}"
+    tags = {T.ROLE: "baseline", T.VAE_RUN_ID: vae_run, T.COMPARED: "true",
+            T.NOTE: baseline_note(kind, latent, vae_run, vae_name), **run_tags(spec, data, device, kind, latent)}
+    grids = {}
+
+    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+        run.log_metrics(metrics, step=epoch)
+        grids.update(log_epoch_images(run, kind, model_holder[0], data, train_cfg.seed, [epoch]))
+
+    def on_model(model) -> None:
+        model_holder.append(model)
+        if kind != "pca":  # step 0: the untrained network, as the VAE's (the UI's image slider opens on 0)
+            log_epoch_images(run, kind, model, data, train_cfg.seed, [0])
+
+    with tracker.child_run(parent_run_id, f"{kind}-latent{latent}", run_params(model_cfg, train_cfg, spec, kind), tags) as run:
+        run.log_datasets(dataset_inputs(spec, data))
+        model_holder: list = []
         model = train_baseline(kind, model_cfg, train_cfg, data, device, progress=False,
-                               on_epoch_end=lambda epoch, m: run.log_metrics(m, step=epoch))
+                               on_epoch_end=on_epoch_end, on_model=on_model)
+        if kind == "pca":  # fitted once: the same pictures at every step the networks have
+            grids = log_epoch_images(run, kind, model, data, train_cfg.seed, range(0, train_cfg.epochs + 1))
         scores = score_model(model, data, kind=kind, classifier=classifier,
                              n_fd_samples=spec.baselines.fd_samples, seed=train_cfg.seed)
         run.log_metrics(scores)
-        sampler = make_sampler(kind, model, training_images(data, train_cfg.seed, limit=10_000))
-        samples = sampler.sample(64, sampler_generator(kind, model, train_cfg.seed))
-        run.log_image(image_grid(samples), "images/samples.png")
-        run.log_image(reconstruction_grid(model, data.test.x, 16), "images/reconstructions.png")
+        log_final_grids(run, grids)
+        if kind == "ae":
+            run.log_model(model, model_name(kind, latent))
 
 
 def _untag_superseded(tracker: Tracker, parent_run_id: str, keep: set[str]) -> None:
     """A resumed study may find a better VAE at some size: the older comparison runs step aside."""
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.compared = 'true'"
-    )
-    for r in runs:
-        owner = r.info.run_id if r.data.tags.get("model") == "vae" else r.data.tags.get("vae_run_id")
+    for r in tracker.find_runs(parent_run_id, {T.COMPARED: "true"}):
+        owner = r.info.run_id if r.data.tags.get(T.MODEL) == "vae" else r.data.tags.get(T.VAE_RUN_ID)
         if owner not in keep:
-            tracker.set_tags(r.info.run_id, {"compared": "false"})
+            tracker.set_tags(r.info.run_id, {T.COMPARED: "false"})
 
 
 def report_dir(spec: StudySpec, given: str | None) -> Path:
