@@ -29,11 +29,14 @@ def finalize(
     if not (run_baselines and spec.baselines.models):
         return
     from bench.compare import report_dir as default_dir, run_comparison
+    from bench.describe import parent_note
     from bench.report import make_report
+    from bench.summary import best_trial
 
     run_comparison(study, spec, tracker, parent_run_id, data, device, progress)
     out = default_dir(spec, report_dir)
     report = make_report(tracker, spec.name, parent_run_id, out)
+    tracker.set_note(parent_run_id, parent_note(spec, best_trial(study), str(out)))
     import pandas as pd  # the table is the result: printed with or without progress bars
 
     with pd.option_context("display.width", 160, "display.max_columns", 20):

@@ -11,6 +11,8 @@ from typing import Literal
 
 NATS = "nats/image"  # summed over the 784 pixels, averaged over images
 ALL_MODELS = frozenset({"vae", "ae", "pca"})
+STUDY_RUN = frozenset({"study"})  # the parent run of a study (it has no model); it also carries the
+# best trial's metrics under the trials' own keys (its study metric and its test/* metrics): same meaning, the best VAE's value
 NETWORKS = frozenset({"vae", "ae"})
 VAE_ONLY = frozenset({"vae"})
 
@@ -46,7 +48,8 @@ _EPOCH = [
 _SPLITS = {"train": "training batches as trained (averaged over the epoch)", "val": "validation split", "test": "test split"}
 
 _DEFS: list[Metric] = [
-    _m(t.key.format(split=s), t.meaning.format(what=what), t.unit, t.better, t.models)
+    # only the VAE trials evaluate the test split's ELBO terms; the autoencoder's test reconstruction is test/code_recon_bce
+    _m(t.key.format(split=s), t.meaning.format(what=what), t.unit, t.better, t.models & VAE_ONLY if s == "test" else t.models)
     for s, what in _SPLITS.items()
     for t in _EPOCH
 ] + [
@@ -63,6 +66,10 @@ _DEFS: list[Metric] = [
     _m("test/probe_acc", "test accuracy of a logistic-regression probe trained on the codes of training images", "fraction", "higher", ALL_MODELS),
     _m("test/knn_acc", "test accuracy of a 5-nearest-neighbour classifier on the codes", "fraction", "higher", ALL_MODELS),
     _m("test/sample_fd", "Frechet distance of generated images to the test images in the FD classifier's features (VAE: prior; AE, PCA: a Gaussian fitted to their codes)", "feature distance", "lower", ALL_MODELS),
+    # the parent run's count of the study's trials by final Optuna state
+    _m("trials/complete", "trials of the study that completed", "trials", "none", STUDY_RUN),
+    _m("trials/pruned", "trials stopped by the pruner or by a non-finite loss", "trials", "none", STUDY_RUN),
+    _m("trials/fail", "trials that failed (their worker died or raised)", "trials", "none", STUDY_RUN),
 ]
 
 METRICS: dict[str, Metric] = {m.key: m for m in _DEFS}

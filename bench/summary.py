@@ -13,6 +13,8 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
+from bench import tags as T
+from bench.describe import parent_note
 from bench.spec import StudySpec
 from bench.tracking import Tracker
 
@@ -38,18 +40,22 @@ def _plots(study: optuna.Study, spec: StudySpec) -> dict[str, Callable[[], objec
 
 
 def summarize(study: optuna.Study, spec: StudySpec, tracker: Tracker, parent_run_id: str) -> None:
-    """Log the best trial's parameters and metrics, Optuna's plots and the trials table to the parent run."""
+    """Log the best trial's parameters and metrics, Optuna's plots and the trials table to the parent run.
+
+    The best trial's metrics go under the children's own keys (val/elbo, test/elbo, ...), so the
+    parent's row in the runs table lines up with its trials' columns.
+    """
     import matplotlib.pyplot as plt
 
     best = best_trial(study)
+    tracker.set_note(parent_run_id, parent_note(spec, best))
     if best is not None:
         tracker.set_tags(
             parent_run_id,
-            {"best_trial": best.number, "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
-             **{f"best.{k}": v for k, v in best.params.items()}},
+            {T.BEST_TRIAL: best.number, T.BEST_RUN_ID: best.user_attrs.get(T.RUN_ID_ATTR, ""),
+             **{T.BEST_PARAM.format(name=k): v for k, v in best.params.items()}},
         )
-        metrics = {f"best/{spec.metric}": best.value, **{f"best/{k}": v for k, v in best.user_attrs.get("test_metrics", {}).items()}}
-        tracker.log_metrics(parent_run_id, metrics)
+        tracker.log_metrics(parent_run_id, {spec.metric: best.value, **best.user_attrs.get(T.TEST_METRICS_ATTR, {})})
     states = {s.name.lower(): 0 for s in TrialState}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name.lower()] += 1
