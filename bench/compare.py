@@ -110,20 +110,20 @@ def _run_baseline(kind, model_cfg, train_cfg, spec, tracker, parent_run_id, vae_
     vae_name = f"trial-{int(tracker.tags_of(vae_run).get(T.TRIAL_NUMBER, -1)):03d}"
     tags = {T.ROLE: "baseline", T.VAE_RUN_ID: vae_run, T.COMPARED: "true",
             T.NOTE: baseline_note(kind, latent, vae_run, vae_name), **run_tags(spec, data, device, kind, latent)}
-    grids = {}
+    grids: dict = {}
+    built: list = []  # the model, once train_baseline has made it
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
         run.log_metrics(metrics, step=epoch)
-        grids.update(log_epoch_images(run, kind, model_holder[0], data, train_cfg.seed, [epoch]))
+        grids.update(log_epoch_images(run, kind, built[0], data, train_cfg.seed, [epoch]))
 
     def on_model(model) -> None:
-        model_holder.append(model)
+        built.append(model)
         if kind != "pca":  # step 0: the untrained network, as the VAE's (the UI's image slider opens on 0)
             log_epoch_images(run, kind, model, data, train_cfg.seed, [0])
 
     with tracker.child_run(parent_run_id, f"{kind}-latent{latent}", run_params(model_cfg, train_cfg, spec, kind), tags) as run:
         run.log_datasets(dataset_inputs(spec, data))
-        model_holder: list = []
         model = train_baseline(kind, model_cfg, train_cfg, data, device, progress=False,
                                on_epoch_end=on_epoch_end, on_model=on_model)
         if kind == "pca":  # fitted once: the same pictures at every step the networks have
