@@ -101,11 +101,13 @@ def _train_autoencoder(
     device: torch.device | str,
     progress: bool,
     on_epoch_end: EpochCallback | None,
+    on_model: Callable[[nn.Module], None],
 ) -> nn.Module:
     # seed before building so the initial weights come from train_config.seed too (fit seeds only
     # shuffling, binarization and noise); the VAE it is compared with should be built the same way
     seed_everything(train_config.seed)
     model = build_model("ae", model_config)
+    on_model(model)
     fit(model, data, train_config, device, on_epoch_end=on_epoch_end, progress=progress)
     return model
 
@@ -117,10 +119,13 @@ def _fit_pca(
     device: torch.device | str,
     progress: bool,
     on_epoch_end: EpochCallback | None,
+    on_model: Callable[[nn.Module], None],
 ) -> nn.Module:
     # all training images, binarized once with the training seed when the models see binary ones
     x = training_images(data, seed=train_config.seed)
-    return PCAModel.fit(x, model_config.latent_dim, seed=train_config.seed).to(device).eval()
+    model = PCAModel.fit(x, model_config.latent_dim, seed=train_config.seed).to(device).eval()
+    on_model(model)
+    return model
 
 
 BASELINES: dict[str, Baseline] = {"ae": _train_autoencoder, "pca": _fit_pca}
@@ -134,6 +139,7 @@ def train_baseline(
     device: torch.device | str = "cpu",
     progress: bool = False,
     on_epoch_end: EpochCallback | None = None,
+    on_model: Callable[[nn.Module], None] | None = None,
 ) -> nn.Module:
     """A baseline at `model_config.latent_dim`, in eval mode on `device`.
 
@@ -141,10 +147,11 @@ def train_baseline(
     with `train_config` (same data, epochs, optimizer, seed as the VAE) on reconstruction BCE alone;
     `on_epoch_end` receives its per-epoch metrics. "pca": scikit-learn PCA with latent_dim
     components fitted on the training images (no epochs; `train_config.seed` picks the binarization).
+    `on_model(model)` is called once the model exists (the AE's before training), e.g. to draw it at each epoch.
     """
     if kind not in BASELINES:
         raise ValueError(f"baseline must be one of {sorted(BASELINES)}, got {kind!r}")
-    return BASELINES[kind](model_config, train_config, data, device, progress, on_epoch_end)
+    return BASELINES[kind](model_config, train_config, data, device, progress, on_epoch_end, on_model or (lambda m: None))
 
 
 class Sampler(Protocol):

@@ -19,18 +19,20 @@ import torch
 from optuna.trial import FixedTrial, TrialState
 from tqdm.auto import tqdm
 
-from bench.baselines import make_sampler, sampler_generator, train_baseline, training_images
+from bench import tags as T
+from bench.baselines import train_baseline
+from bench.describe import BEST_ALIAS, baseline_note, dataset_inputs, model_name, registered_name
 from bench.fd_classifier import load_classifier
 from bench.frontier import pick_by_elbo
 from bench.metrics import OOD_AUROC
 from bench.ood import OOD_TAG, ood_auroc
+from bench.images import image_grids, log_final_grids
 from bench.objective import run_params, run_tags, suggest_configs
 from bench.scores import score_model
 from bench.spec import StudySpec
-from bench.tracking import ROLE_TAG, Tracker
+from bench.tracking import Tracker
 from vae.data import Datasets
-from vae.evaluate import image_grid, reconstruction_grid
-from vae.model import ModelConfig
+from vae.model import ModelConfig, build_model
 from vae.train import TrainConfig, load_checkpoint
 
 
@@ -43,7 +45,7 @@ def best_per_latent(study: optuna.Study, spec: StudySpec) -> dict[int, optuna.tr
     """
     by_latent: dict[int, list[optuna.trial.FrozenTrial]] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if "mlflow_run_id" in t.user_attrs:
+        if T.RUN_ID_ATTR in t.user_attrs:
             by_latent.setdefault(int(t.params.get("latent_dim", spec.model.latent_dim)), []).append(t)
     if spec.multi_objective:
         best = {latent: pick_by_elbo(ts, spec.directions, spec.split) for latent, ts in by_latent.items()}
@@ -59,13 +61,7 @@ def trial_configs(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> tuple[Mod
 
 
 def _baseline_done(tracker: Tracker, parent_run_id: str, kind: str, vae_run_id: str) -> bool:
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id],
-        filter_string=(f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.model = '{kind}' "
-                       f"and tags.vae_run_id = '{vae_run_id}' and attributes.status = 'FINISHED'"),
-        max_results=1,
-    )
-    return bool(runs)
+    return bool(tracker.find_runs(parent_run_id, {T.MODEL: kind, T.VAE_RUN_ID: vae_run_id}, "FINISHED", max_results=1))
 
 
 @dataclass(frozen=True)
@@ -90,7 +86,9 @@ class JobResult:
     job: Job
     scores: dict[str, float]
     history: list[dict[str, float]]  # per-epoch metrics of a trained baseline
-    images: dict[str, torch.Tensor]  # artifact name -> image grid (3, H, W)
+    step_images: dict[int, dict[str, torch.Tensor]]  # step -> image key -> grid (3, H, W), for log_image(key, step)
+    grids: dict[str, torch.Tensor]  # the last grids, logged as files under grids/
+    state: dict[str, torch.Tensor] | None = None  # the autoencoder's weights, for its logged model
 
 
 @dataclass(frozen=True)
@@ -121,19 +119,32 @@ def _ood_scores(model, kind: str, seed: int) -> dict[str, float]:
 def _run_job(job: Job) -> JobResult:
     """The computing part of one comparison step; everything MLflow sees comes back in the result."""
     data, classifier, device = _CTX["data"], _CTX["classifier"], _CTX["device"]
-    kw = dict(classifier=classifier, n_fd_samples=_CTX["fd_samples"], seed=job.train_cfg.seed)
+    seed = job.train_cfg.seed
+    kw = dict(classifier=classifier, n_fd_samples=_CTX["fd_samples"], seed=seed)
     if job.kind == "vae":
         model, _ = load_checkpoint(job.checkpoint, device)
-        return JobResult(job, score_model(model, data, kind="vae", **kw) | _ood_scores(model, "vae", job.train_cfg.seed), [], {})
+        return JobResult(job, score_model(model, data, kind="vae", **kw) | _ood_scores(model, "vae", seed), [], {}, {})
     history: list[dict[str, float]] = []
+    steps: dict[int, dict[str, torch.Tensor]] = {}
+    built: list[torch.nn.Module] = []
+
+    def on_model(model) -> None:  # step 0: the untrained network, as the VAE's (the UI's image slider opens on 0)
+        built.append(model)
+        if job.kind != "pca":
+            steps[0] = image_grids(job.kind, model, data, seed)
+
+    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+        history.append(metrics)
+        steps[epoch] = image_grids(job.kind, built[0], data, seed)
+
     model = train_baseline(job.kind, job.model_cfg, job.train_cfg, data, device, progress=False,
-                           on_epoch_end=lambda epoch, m: history.append(m))
-    scores = score_model(model, data, kind=job.kind, **kw) | _ood_scores(model, job.kind, job.train_cfg.seed)
-    sampler = make_sampler(job.kind, model, training_images(data, job.train_cfg.seed, limit=10_000))
-    samples = sampler.sample(64, sampler_generator(job.kind, model, job.train_cfg.seed))
-    images = {"images/samples.png": image_grid(samples),
-              "images/reconstructions.png": reconstruction_grid(model, data.test.x, 16)}
-    return JobResult(job, scores, history, images)
+                           on_epoch_end=on_epoch_end, on_model=on_model)
+    if job.kind == "pca":  # fitted once: the same pictures at every step the networks have
+        grids = image_grids(job.kind, model, data, seed)
+        steps = {step: grids for step in range(0, job.train_cfg.epochs + 1)}
+    scores = score_model(model, data, kind=job.kind, **kw) | _ood_scores(model, job.kind, seed)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()} if job.kind == "ae" else None
+    return JobResult(job, scores, history, steps, steps[max(steps)], state)
 
 
 def comparison_processes(n_jobs: int, device: torch.device, cpus: int | None = None) -> int:
@@ -187,16 +198,16 @@ def run_comparison(
     best = best_per_latent(study, spec)
     if not best:
         return 0
-    _untag_superseded(tracker, parent_run_id, {t.user_attrs["mlflow_run_id"] for t in best.values()})
+    _untag_superseded(tracker, parent_run_id, {t.user_attrs[T.RUN_ID_ATTR] for t in best.values()})
     classifier = load_classifier(data)  # trained and cached here, once, before any process needs it
     with tempfile.TemporaryDirectory(prefix="vaebench-") as tmp:
         jobs = []
         for latent, trial in best.items():
-            vae_run = trial.user_attrs["mlflow_run_id"]
+            vae_run = trial.user_attrs[T.RUN_ID_ATTR]
             model_cfg, train_cfg = trial_configs(trial, spec)
             for kind in ("vae", *spec.baselines.models):
                 if kind == "vae":
-                    if tracker.client.get_run(vae_run).data.tags.get("compared") == "true":
+                    if tracker.tags_of(vae_run).get(T.COMPARED) == "true":
                         continue
                     (Path(tmp) / vae_run).mkdir()
                     ckpt = str(tracker.download(vae_run, "checkpoint/model.pt", Path(tmp) / vae_run))
@@ -216,34 +227,53 @@ def run_comparison(
 
 
 def _log_result(r: JobResult, spec, tracker: Tracker, parent_run_id: str, data: Datasets, device, ood_tags: dict) -> None:
-    """One comparison step's MLflow records: the VAE run's scores, or a baseline child run."""
+    """One comparison step's MLflow records: the VAE run's scores (and its registration), or a baseline
+    child run with its epochs' metrics and images, its scores, grids and (AE) model."""
     job = r.job
+    latent = job.model_cfg.latent_dim
     if job.kind == "vae":
         tracker.log_metrics(job.vae_run, r.scores)
-        tracker.set_tags(job.vae_run, {"compared": "true", **ood_tags})
+        _register_best(tracker, spec, job.latent, job.vae_run, tracker.tags_of(job.vae_run))
+        tracker.set_tags(job.vae_run, {T.COMPARED: "true", **ood_tags})
         return
-    params = run_params(job.model_cfg, job.train_cfg, spec)
-    if job.kind == "pca":  # PCA has no network: keep what defines it
-        params = {k: v for k, v in params.items() if k in ("latent_dim", "seed") or k.startswith("data.")}
-    tags = {ROLE_TAG: "baseline", "vae_run_id": job.vae_run, "compared": "true",
-            **run_tags(spec, data, device, job.kind, job.model_cfg.latent_dim), **ood_tags}
-    with tracker.child_run(parent_run_id, f"{job.kind}-latent{job.model_cfg.latent_dim}", params, tags) as run:
+    vae_name = f"trial-{int(tracker.tags_of(job.vae_run).get(T.TRIAL_NUMBER, -1)):03d}"
+    tags = {T.ROLE: "baseline", T.VAE_RUN_ID: job.vae_run, T.COMPARED: "true",
+            T.NOTE: baseline_note(job.kind, latent, job.vae_run, vae_name),
+            **run_tags(spec, data, device, job.kind, latent), **ood_tags}
+    params = run_params(job.model_cfg, job.train_cfg, spec, job.kind)
+    with tracker.child_run(parent_run_id, f"{job.kind}-latent{latent}", params, tags) as run:
+        run.log_datasets(dataset_inputs(spec, data))
         for epoch, m in enumerate(r.history, start=1):
             run.log_metrics(m, step=epoch)
+        for step, grids in sorted(r.step_images.items()):  # VAE and AE at their epochs, PCA at the same steps
+            for key, grid in grids.items():
+                run.log_image(grid, key, step)
         run.log_metrics(r.scores)
-        for name, grid in r.images.items():
-            run.log_image(grid, name)
+        log_final_grids(run, r.grids)
+        if job.kind == "ae" and r.state is not None:
+            model = build_model("ae", job.model_cfg)
+            model.load_state_dict(r.state)
+            run.log_model(model.eval(), model_name(job.kind, latent))
+
+
+def _register_best(tracker: Tracker, spec: StudySpec, latent: int, vae_run: str, vae_tags: dict[str, str]) -> None:
+    """The best VAE at this latent size becomes the registered model's version that the alias points at."""
+    uri = vae_tags.get(T.MODEL_URI)
+    if not uri:
+        return  # logged by a version of the project that did not record it
+    name = registered_name(spec.name, latent)
+    desc = (f"The best VAE of study {spec.name} at latent size {latent} by {', '.join(spec.objectives)} "
+            f"(trial {vae_tags.get(T.TRIAL_NUMBER)}); load it with mlflow.pytorch.load_model('models:/{name}@{BEST_ALIAS}').")
+    ref = tracker.register_model(uri, name, BEST_ALIAS, vae_run, desc)
+    tracker.set_tags(vae_run, {T.REGISTERED_AS: ref})
 
 
 def _untag_superseded(tracker: Tracker, parent_run_id: str, keep: set[str]) -> None:
     """A resumed study may find a better VAE at some size: the older comparison runs step aside."""
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.compared = 'true'"
-    )
-    for r in runs:
-        owner = r.info.run_id if r.data.tags.get("model") == "vae" else r.data.tags.get("vae_run_id")
+    for r in tracker.find_runs(parent_run_id, {T.COMPARED: "true"}):
+        owner = r.info.run_id if r.data.tags.get(T.MODEL) == "vae" else r.data.tags.get(T.VAE_RUN_ID)
         if owner not in keep:
-            tracker.set_tags(r.info.run_id, {"compared": "false"})
+            tracker.set_tags(r.info.run_id, {T.COMPARED: "false"})
 
 
 def report_dir(spec: StudySpec, given: str | None) -> Path:

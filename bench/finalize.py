@@ -45,9 +45,12 @@ def finalize(
     if not compare:
         return
     from bench.compare import report_dir as default_dir
+    from bench.describe import parent_note
     from bench.report import make_report
+    from bench.summary import best_trial
 
     out = default_dir(spec, report_dir)
     report = make_report(tracker, spec.name, parent_run_id, out)
+    tracker.set_note(parent_run_id, parent_note(spec, best_trial(study, spec), str(out)))
     print("\n" + report.printed())  # the table is the result: printed with or without progress bars
     print(f"report: {out}/comparison.md")

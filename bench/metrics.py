@@ -11,6 +11,8 @@ from typing import Literal
 
 NATS = "nats/image"  # summed over the 784 pixels, averaged over images
 ALL_MODELS = frozenset({"vae", "ae", "pca"})
+STUDY_RUN = frozenset({"study"})  # the parent run of a study (it has no model); it also carries the
+# best trial's metrics under the trials' own keys (its study metric and its test/* metrics): same meaning, the best VAE's value
 NETWORKS = frozenset({"vae", "ae"})
 VAE_ONLY = frozenset({"vae"})
 
@@ -46,7 +48,8 @@ _EPOCH = [
 _SPLITS = {"train": "training batches as trained (averaged over the epoch)", "val": "validation split", "test": "test split"}
 
 _DEFS: list[Metric] = [
-    _m(t.key.format(split=s), t.meaning.format(what=what), t.unit, t.better, t.models)
+    # only the VAE trials evaluate the test split's ELBO terms; the autoencoder's test reconstruction is test/code_recon_bce
+    _m(t.key.format(split=s), t.meaning.format(what=what), t.unit, t.better, t.models & VAE_ONLY if s == "test" else t.models)
     for s, what in _SPLITS.items()
     for t in _EPOCH
 ] + [
@@ -70,6 +73,10 @@ _DEFS: list[Metric] = [
     _m("test/sample_recall", "fraction of test images inside the k-NN manifold (k = 3) of as many generated images, in the FD classifier's features: diversity (Kynkaanniemi et al. 2019)", "fraction", "higher", ALL_MODELS),
     # only when the study names [eval] ood_dataset (tag ood_dataset on the run says which)
     _m("test/ood_auroc", "AUROC of telling the OOD dataset's test images (positives) from the training dataset's by a per-image score that is higher when the model finds the image less likely (VAE: IWAE NLL; AE, PCA: BCE of the deterministic reconstruction); 0.5 = chance, below 0.5 = the model prefers the OOD images", "fraction", "higher", ALL_MODELS),
+    # the parent run's count of the study's trials by final Optuna state
+    _m("trials/complete", "trials of the study that completed", "trials", "none", STUDY_RUN),
+    _m("trials/pruned", "trials stopped by the pruner or by a non-finite loss", "trials", "none", STUDY_RUN),
+    _m("trials/fail", "trials that failed (their worker died or raised)", "trials", "none", STUDY_RUN),
 ]
 
 METRICS: dict[str, Metric] = {m.key: m for m in _DEFS}

@@ -15,11 +15,14 @@ from typing import Any, Callable
 import optuna
 import torch
 
+from bench import tags as T
+from bench.describe import dataset_inputs, model_name, trial_note, trial_run_name
+from bench.images import log_epoch_images, log_final_grids
 from bench.spec import MODEL_FIELDS, SearchParam, StudySpec
 from bench.storage import worker_id
-from bench.tracking import ROLE_TAG, Tracker, git_commit
+from bench.tracking import Tracker, git_commit
 from vae.data import Datasets
-from vae.evaluate import encode, final_metrics, manifold_grid, reconstruction_grid, sample_grid
+from vae.evaluate import encode, final_metrics, manifold_grid
 from vae.model import ModelConfig, build_model
 from vae.train import NonFiniteLossError, TrainConfig, fit, save_checkpoint, seed_everything
 
@@ -30,7 +33,7 @@ SUGGEST: dict[str, Callable[[optuna.Trial, SearchParam], Any]] = {
 }
 
 
-COVERAGE_ATTR = "coverage"  # user attr of the queued trials that cover a parameter's choices: never pruned
+COVERAGE_ATTR = T.COVERAGE_ATTR  # re-exported for bench.study
 
 
 class SurplusTrial(Exception):
@@ -46,36 +49,43 @@ def suggest_configs(trial: optuna.Trial, spec: StudySpec) -> tuple[ModelConfig, 
     return dataclasses.replace(spec.model, **model_kw), dataclasses.replace(spec.train, **train_kw)
 
 
-def run_params(model_cfg: ModelConfig, train_cfg: TrainConfig, spec: StudySpec) -> dict[str, Any]:
-    """Every model, training and data parameter of a run, under the same names for all models."""
+# parameters that mean something only for some models: the others' runs do not carry them
+ONLY_FOR = {"beta": {"vae"}, "iw_samples": {"vae"}}
+PCA_PARAMS = ("latent_dim", "seed")  # PCA has no network: these and the data define it
+
+
+def run_params(model_cfg: ModelConfig, train_cfg: TrainConfig, spec: StudySpec, kind: str = "vae") -> dict[str, Any]:
+    """The model, training and data parameters that mean something for `kind`, under the same names for all models."""
     data = {f"data.{k}": v for k, v in asdict(spec.data).items()}
-    return {**asdict(model_cfg), **asdict(train_cfg), **data, "iw_samples": spec.eval.iw_samples}
+    params = {**asdict(model_cfg), **asdict(train_cfg), **data, "iw_samples": spec.eval.iw_samples}
+    if kind == "pca":
+        return {k: v for k, v in params.items() if k in PCA_PARAMS or k.startswith("data.")}
+    return {k: v for k, v in params.items() if kind in ONLY_FOR.get(k, {kind})}
 
 
 def run_tags(spec: StudySpec, data: Datasets, device: torch.device, model: str, latent_dim: int) -> dict[str, Any]:
     return {
-        "model": model,
-        "latent_dim": latent_dim,
-        "study": spec.name,
-        "git_commit": git_commit(),
-        "dataset": spec.data.dataset,
-        "dataset_digest": data.digest,
-        "device": str(device),
-        "torch_version": torch.__version__,
+        T.MODEL: model,
+        T.LATENT_DIM: latent_dim,
+        T.STUDY: spec.name,
+        T.GIT_COMMIT: git_commit(),
+        T.DATASET: spec.data.dataset,
+        T.DATASET_DIGEST: data.digest,
+        T.DEVICE: str(device),
+        T.TORCH_VERSION: torch.__version__,
     }
 
 
-def log_images(run, model: torch.nn.Module, data: Datasets, seed: int) -> None:
-    """Prior samples, originals above reconstructions, and for 2-D latents the latent pictures."""
+def log_latent_pictures(run, model: torch.nn.Module, data: Datasets) -> None:
+    """For 2-D latents: the test codes coloured by class and the decoded manifold, as files under grids/."""
     from bench.plots import latent_scatter
 
-    run.log_image(sample_grid(model, 64, seed=seed), "images/samples.png")
-    run.log_image(reconstruction_grid(model, data.test.x, 16), "images/reconstructions.png")
-    if model.latent_dim == 2:
-        n = min(5000, len(data.test))
-        codes = encode(model, data.test.x[:n]).numpy()
-        run.log_figure(latent_scatter(codes, data.test.y[:n].numpy()), "images/latent_scatter.png")
-        run.log_image(manifold_grid(model, 20), "images/latent_manifold.png")
+    if model.latent_dim != 2:
+        return
+    n = min(5000, len(data.test))
+    codes = encode(model, data.test.x[:n]).numpy()
+    run.log_figure(latent_scatter(codes, data.test.y[:n].numpy()), T.grid_file(T.LATENT_SCATTER))
+    run.log_grid(manifold_grid(model, 20), T.grid_file(T.LATENT_MANIFOLD))
 
 
 @dataclass
@@ -93,20 +103,31 @@ class TrialRunner:
         spec = self.spec
         self._check_budget(trial)
         model_cfg, train_cfg = suggest_configs(trial, spec)
-        trial.set_user_attr("worker", worker_id())
-        covered = bool(trial.user_attrs.get(COVERAGE_ATTR))
+        trial.set_user_attr(T.WORKER_ATTR, worker_id())
+        covered = bool(trial.user_attrs.get(T.COVERAGE_ATTR))
         tags = {
-            ROLE_TAG: "trial",
-            "trial_number": trial.number,
-            "coverage": str(covered).lower(),
+            T.ROLE: "trial",
+            T.TRIAL_NUMBER: trial.number,
+            T.COVERAGE: str(covered).lower(),
+            T.NOTE: trial_note(spec, trial.number, trial.params, covered),
             **run_tags(spec, self.data, self.device, "vae", model_cfg.latent_dim),
         }
         with self.tracker.child_run(
-            self.parent_run_id, f"trial-{trial.number:03d}", run_params(model_cfg, train_cfg, spec), tags
+            self.parent_run_id, trial_run_name(trial.number), run_params(model_cfg, train_cfg, spec), tags
         ) as run:
-            trial.set_user_attr("mlflow_run_id", run.run_id)
+            trial.set_user_attr(T.RUN_ID_ATTR, run.run_id)
+            run.log_datasets(dataset_inputs(spec, self.data))
             seed_everything(train_cfg.seed)  # the initial weights come from the seed too
             model = build_model("vae", model_cfg)
+            # step 0 is the untrained network: the UI's image slider opens on step 0
+            grids = log_epoch_images(run, "vae", model, self.data, train_cfg.seed, [0])
+
+            def stop(status: str, reason: str) -> optuna.TrialPruned:
+                run.outcome = (status, reason)
+                run.set_tags({T.OPTUNA_STATE: "PRUNED"})
+                run.set_note(trial_note(spec, trial.number, trial.params, covered, reason))
+                run.rename(trial_run_name(trial.number, pruned=True))
+                return optuna.TrialPruned(reason)
 
             def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
                 run.log_metrics(metrics, step=epoch)
@@ -114,30 +135,31 @@ class TrialRunner:
                     return  # Optuna neither records intermediate values nor prunes with several objectives
                 trial.report(metrics[spec.metric], epoch)
                 if not covered and trial.should_prune():
-                    reason = f"pruned by the {spec.pruner.type} pruner at epoch {epoch}"
-                    run.outcome = ("KILLED", reason)
-                    run.set_tags({"optuna_state": "PRUNED"})
-                    raise optuna.TrialPruned(reason)
+                    raise stop("KILLED", f"pruned by the {spec.pruner.type} pruner at epoch {epoch}")
+                # images of the epochs the pruner let through, under keys the baselines share
+                grids.update(log_epoch_images(run, "vae", model, self.data, train_cfg.seed, [epoch]))
 
             try:
                 history = fit(model, self.data, train_cfg, self.device, on_epoch_end, progress=self.epoch_progress)
             except NonFiniteLossError as exc:
                 # the trial is pruned (TPE learns the region is bad); the reason stays on both records
-                trial.set_user_attr("fail_reason", str(exc))
-                run.outcome = ("FAILED", str(exc))
-                run.set_tags({"optuna_state": "PRUNED"})
-                raise optuna.TrialPruned(str(exc)) from None
+                trial.set_user_attr(T.FAIL_REASON_ATTR, str(exc))
+                raise stop("FAILED", str(exc)) from None
 
             test = final_metrics(model, self.data.test.x, spec.eval.iw_samples, spec.eval.iw_images, seed=train_cfg.seed)
             test = {f"test/{k}": v for k, v in test.items()}
             run.log_metrics(test)
-            log_images(run, model, self.data, seed=train_cfg.seed)
+            log_final_grids(run, grids)
+            log_latent_pictures(run, model, self.data)
             with tempfile.TemporaryDirectory(prefix="vaebench-") as tmp:
                 ckpt = save_checkpoint(Path(tmp) / "model.pt", model, "vae", train_cfg)
-                run.log_model(model, ckpt)
-            run.set_tags({"optuna_state": "COMPLETE"})
-            trial.set_user_attr("test_metrics", test)
+                run.log_model(model, model_name("vae", model_cfg.latent_dim, trial.number), ckpt)
+            run.set_tags({T.OPTUNA_STATE: "COMPLETE"})
             last = history[-1]
+            outcome = (", ".join(f"{k} = {last[k]:.2f}" for k in spec.objectives) + f" after {train_cfg.epochs} epochs; "
+                       + ", ".join(f"{k} = {v:.4g}" for k, v in test.items()))
+            run.set_note(trial_note(spec, trial.number, trial.params, covered, outcome))
+            trial.set_user_attr(T.TEST_METRICS_ATTR, test)
             # the whole last epoch: a multi-objective study picks its compared trial by the ELBO (bench.frontier)
             trial.set_user_attr("last_epoch", {k: v for k, v in last.items() if k.startswith(f"{spec.split}/")})
             values = tuple(last[k] for k in spec.objectives)
@@ -153,5 +175,5 @@ class TrialRunner:
         )
         numbers = sorted(t.number for t in trial.study.get_trials(deepcopy=False, states=live))
         if trial.number in numbers and numbers.index(trial.number) >= self.spec.n_trials:
-            trial.set_user_attr("surplus", True)
+            trial.set_user_attr(T.SURPLUS_ATTR, True)
             raise SurplusTrial(f"trial {trial.number} is beyond n_trials={self.spec.n_trials}; not run")

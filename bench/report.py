@@ -22,6 +22,7 @@ from bench.frontier import REFERENCE, rate_distortion_figure, rate_distortion_po
 from bench.metrics import COMPARISON, VAE_TEST, better
 from bench.stats import ALPHA, LEVEL, holm, t_interval, welch_p
 from bench.tracking import REPLICATE_OF_TAG, REPLICATE_ROLE, ROLE_TAG, SEED_TAG
+from bench.tags import IMAGE_KEYS, grid_file
 
 # metrics every model has (test/ood_auroc when the study names an OOD dataset), in the order the
 # table shows them, with the direction that is better
@@ -318,11 +319,11 @@ def _image_comparisons(report: Report, out: Path, tracker) -> list[Path]:
     files = []
     with tempfile.TemporaryDirectory(prefix="vaebench-") as tmp:
         for latent, g in report.runs.groupby("latent_dim"):
-            for kind in ("samples", "reconstructions"):
+            for kind in IMAGE_KEYS:
                 images = {}
                 for r in g.sort_values("model", key=lambda s: s.map({m: i for i, m in enumerate(MODELS)})).itertuples():
                     try:
-                        p = tracker.download(r.run_id, f"images/{kind}.png", Path(tmp) / r.run_id)
+                        p = tracker.download(r.run_id, grid_file(kind), Path(tmp) / r.run_id)
                     except Exception:
                         continue
                     img = imread(p)
@@ -347,12 +348,7 @@ def make_report(tracker, study: str, parent_run_id: str, out: Path, log: bool = 
 
 
 def child_runs(tracker, parent_run_id: str) -> pd.DataFrame:
-    import mlflow
-
-    mlflow.set_tracking_uri(tracker.uri)
-    return mlflow.search_runs(
-        [tracker.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", output_format="pandas"
-    )
+    return tracker.runs_frame(parent_run_id)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -372,25 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from bench.tracking import ROLE_TAG, Tracker, check_tracking_uri, resolve_tracking_uri
+    from bench.tracking import Tracker, check_tracking_uri, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise BenchError(f"no MLflow database at {uri}; run the study first or pass --tracking-uri")
-    import mlflow
-
-    exp = mlflow.MlflowClient(uri).get_experiment_by_name(args.study)
-    if exp is None:
-        raise BenchError(f"no MLflow experiment named {args.study!r} at {uri}; run the study first")
-    tracker = Tracker(uri, args.study)
-    parent = args.parent_run
+    tracker = Tracker.open_existing(uri, args.study)
+    parent = args.parent_run or tracker.latest_parent()
     if parent is None:
-        parents = tracker.client.search_runs([tracker.experiment_id], f"tags.`{ROLE_TAG}` = 'study'",
-                                             order_by=["attributes.start_time DESC"], max_results=1)
-        if not parents:
-            raise BenchError(f"experiment {args.study!r} has no study run")
-        parent = parents[0].info.run_id
+        raise BenchError(f"experiment {args.study!r} has no study run")
     out = Path(args.out or f"reports/{args.study}")
     report = make_report(tracker, args.study, parent, out, log=not args.no_log)
     print(report.printed())

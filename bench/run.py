@@ -250,7 +250,8 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags
 def print_summary(out: Outcome, uri: str) -> None:
     from bench.study import FINISHED_STATES, count
     from bench.summary import best_trial
-    from bench.tracking import ui_command
+    from bench import tags as T
+    from bench.tracking import runs_link, ui_command
 
     spec, study = out.spec, out.study
     best = best_trial(study, spec)
@@ -269,6 +270,8 @@ def print_summary(out: Outcome, uri: str) -> None:
             print("  test:   " + ", ".join(f"{k}={_fmt(val)}" for k, val in tm.items()))
     print(f"MLflow: experiment {spec.name!r}, parent run {out.parent_run_id} at {uri}")
     print(f"open the UI: {ui_command(uri)}")
+    trials = f"tags.`{T.ROLE}` = 'trial'"  # the trials, best first; README shows more filters
+    print(f"  trials, best first: {runs_link(uri, out.tracker.experiment_id, trials, f'metrics.`{spec.metric}` ' + ('DESC' if spec.direction == 'maximize' else 'ASC'))}")
 
 
 @cli_main

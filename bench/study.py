@@ -16,14 +16,16 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
+from bench import tags as T
+from bench.describe import experiment_note, parent_note
 from bench.errors import BenchError
-from bench.objective import COVERAGE_ATTR, SurplusTrial, TrialRunner
+from bench.objective import SurplusTrial, TrialRunner
 from bench.spec import StudySpec
 from bench.storage import StaleTrialHandler, make_pruner, make_sampler, pid_alive, worker_id
 from bench.tracking import Tracker, git_commit
 
-PARENT_ATTR = "mlflow_parent_run_id"
-UID_ATTR = "study_uid"
+PARENT_ATTR = T.PARENT_ATTR  # re-exported: tests and bench.scale read them from here
+UID_ATTR = T.UID_ATTR
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 ACTIVE_STATES = (TrialState.RUNNING, TrialState.WAITING)
 PARENT_WAIT_S = 60  # how long a joining worker waits for the creator to make the parent run
@@ -64,7 +66,7 @@ def enqueue_coverage(study: optuna.Study, spec: StudySpec) -> None:
     and the objective does not prune these trials (COVERAGE_ATTR).
     """
     for params in spec.coverage_trials:
-        study.enqueue_trial(params, user_attrs={COVERAGE_ATTR: True})
+        study.enqueue_trial(params, user_attrs={T.COVERAGE_ATTR: True})
 
 
 def study_params(spec: StudySpec) -> dict[str, object]:
@@ -125,8 +127,9 @@ def _agreed_parent(study: optuna.Study, spec: StudySpec, tracker: Tracker, uid: 
 def _new_parent(study: optuna.Study, spec: StudySpec, tracker: Tracker, uid: str, publish: bool = True) -> str:
     files = {f"study/{spec.path.name if spec.path else spec.name + '.toml'}": spec.text or ""}
     rid = tracker.create_parent_run(
-        spec.name, study_params(spec), {"optuna_study_uid": uid, "git_commit": git_commit()}, files
+        spec.name, study_params(spec), {T.STUDY_UID: uid, T.GIT_COMMIT: git_commit(), T.NOTE: parent_note(spec)}, files
     )
+    tracker.describe_experiment(experiment_note(spec))
     if publish:
         study.set_user_attr(PARENT_ATTR, rid)
     return rid
@@ -150,12 +153,12 @@ def recover_dead_local_trials(
     me_host = worker_id().rsplit(":", 1)[0]
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        w = t.user_attrs.get("worker", "")
+        w = t.user_attrs.get(T.WORKER_ATTR, "")
         host, _, pid = w.rpartition(":")
         if host != me_host or not pid.isdigit() or pid_alive(int(pid)):
             continue
         try:
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"worker {w} died mid-trial")
+            study._storage.set_trial_user_attr(t._trial_id, T.FAIL_REASON_ATTR, f"worker {w} died mid-trial")
             study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
             continue
@@ -167,7 +170,7 @@ def recover_dead_local_trials(
 
 
 def close_trial_run(tracker: Tracker, trial: optuna.trial.FrozenTrial, reason: str) -> None:
-    run_id = trial.user_attrs.get("mlflow_run_id")
+    run_id = trial.user_attrs.get(T.RUN_ID_ATTR)
     if run_id:
         tracker.close_if_running(run_id, "FAILED", reason)
 

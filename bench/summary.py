@@ -13,6 +13,8 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
+from bench import tags as T
+from bench.describe import parent_note
 from bench.frontier import pick_by_elbo
 from bench.spec import StudySpec
 from bench.tracking import Tracker
@@ -55,20 +57,25 @@ def _plots(study: optuna.Study, spec: StudySpec) -> dict[str, Callable[[], objec
 
 
 def summarize(study: optuna.Study, spec: StudySpec, tracker: Tracker, parent_run_id: str) -> None:
-    """Log the best trial's parameters and metrics, Optuna's plots and the trials table to the parent run."""
+    """Log the best trial's parameters and metrics, Optuna's plots and the trials table to the parent run.
+
+    The best trial's metrics go under the children's own keys (val/elbo, test/elbo, ...), so the
+    parent's row in the runs table lines up with its trials' columns.
+    """
     import matplotlib.pyplot as plt
 
     best = best_trial(study, spec)
+    tracker.set_note(parent_run_id, parent_note(spec, best))
     if best is not None:
-        tags = {"best_trial": best.number, "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
-                **{f"best.{k}": v for k, v in best.params.items()}}
+        tags = {T.BEST_TRIAL: best.number, T.BEST_RUN_ID: best.user_attrs.get(T.RUN_ID_ATTR, ""),
+                **{T.BEST_PARAM.format(name=k): v for k, v in best.params.items()}}
         if spec.multi_objective:  # which trials make the front, and the rule that chose `best` among them
             tags["pareto_trials"] = ",".join(str(t.number) for t in sorted(study.best_trials, key=lambda t: t.number))
             tags["best_rule"] = f"highest {spec.split}/elbo on the Pareto front"
         tracker.set_tags(parent_run_id, tags)
-        metrics = {**{f"best/{k}": v for k, v in zip(spec.objectives, best.values)},
-                   **{f"best/{k}": v for k, v in best.user_attrs.get("test_metrics", {}).items()}}
-        tracker.log_metrics(parent_run_id, metrics)
+        # under the children's own keys, so the parent's row lines up with its trials' columns
+        tracker.log_metrics(parent_run_id, {**dict(zip(spec.objectives, best.values)),
+                                            **best.user_attrs.get(T.TEST_METRICS_ATTR, {})})
     states = {s.name.lower(): 0 for s in TrialState}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name.lower()] += 1

@@ -10,7 +10,7 @@ import logging
 import os
 import random
 import subprocess
-import tempfile
+import json
 import time
 import urllib.error
 import urllib.request
@@ -21,11 +21,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from bench import tags as T
 from bench.errors import BenchError
 
 log = logging.getLogger(__name__)
 
-ROLE_TAG = "vaebench.role"  # "study" on the parent run, "trial" / "baseline" / REPLICATE_ROLE on children
+ROLE_TAG = T.ROLE  # re-exported for the modules that import it from here
+UI_PORT = 5000  # where `mlflow ui` listens by default
 REPLICATE_ROLE = "replicate"  # a compared configuration trained again with another seed (bench.replicates)
 SEED_TAG = "seed"  # a replicate's seed: training, binarization, FD draws, corruption noise
 REPLICATE_OF_TAG = "replicate_of"  # MLflow run id of the best trial whose configuration a replicate repeats
@@ -88,6 +90,24 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}"
 
 
+def runs_link(uri: str, experiment_id: str, search_filter: str = "", order_by: str = "") -> str:
+    """The UI's runs view of an experiment in the model-training workflow, filtered and sorted.
+
+    Without `workflowType=machine_learning` MLflow 3 opens an experiment on its GenAI page.
+    `order_by` is "metrics.`val/elbo` DESC"-like; for a local store, the base is `mlflow ui`'s.
+    """
+    from urllib.parse import quote
+
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{UI_PORT}"
+    query = ["workflowType=machine_learning"]
+    if search_filter:
+        query.append("searchFilter=" + quote(search_filter, safe=""))
+    if order_by:
+        key, _, way = order_by.rpartition(" ")
+        query += ["orderByKey=" + quote(key, safe=""), f"orderByAsc={str(way.upper() == 'ASC').lower()}"]
+    return f"{base}/#/experiments/{experiment_id}/runs?" + "&".join(query)
+
+
 def git_commit() -> str:
     """The project's git commit (with '-dirty' when the tree has changes), or 'unknown'."""
     try:
@@ -106,6 +126,25 @@ def to_uint8_image(grid) -> np.ndarray:
     """A (3, H, W) float tensor in [0, 1] -> (H, W, 3) uint8 for mlflow.log_image."""
     arr = grid.detach().cpu().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
     return np.ascontiguousarray(arr)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One split of the data as an MLflow dataset input: what the runs table's Dataset column shows."""
+
+    name: str  # e.g. "mnist-train"
+    digest: str  # short hash of what the split holds (raw bytes, split and size)
+    context: str  # "training", "validation" or "testing"
+    rows: int  # images in the split
+    source: str  # the folder the images were read from
+    targets: str  # "dynamic binarization", "binarized once", "grayscale"
+
+    def schema(self) -> str:
+        spec = lambda dtype, shape: json.dumps([{"type": "tensor", "tensor-spec": {"dtype": dtype, "shape": shape}}])  # noqa: E731
+        return json.dumps({"mlflow_tensorspec": {"features": spec("float32", [-1, 784]), "targets": spec("int64", [-1])}})
+
+    def profile(self) -> str:
+        return json.dumps({"num_rows": self.rows, "features_shape": [self.rows, 784], "targets": self.targets})
 
 
 class Tracker:
@@ -150,6 +189,19 @@ class Tracker:
         first = (str(last).strip().splitlines() or [type(last).__name__])[0]
         raise BenchError(f"cannot create or find the MLflow experiment {name!r} at {self.uri} ({first})")
 
+    @classmethod
+    def open_existing(cls, uri: str, experiment: str) -> "Tracker":
+        """The Tracker of an experiment that must exist already: a BenchError, creating nothing, if not."""
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+            raise BenchError(f"no MLflow database at {uri}; run the study first or pass --tracking-uri")
+        if _mlflow().MlflowClient(uri).get_experiment_by_name(experiment) is None:
+            raise BenchError(f"no MLflow experiment named {experiment!r} at {uri}; run the study first")
+        return cls(uri, experiment)
+
+    def describe_experiment(self, text: str) -> None:
+        """The experiment's description (its page shows it above the runs)."""
+        self.client.set_experiment_tag(self.experiment_id, T.NOTE, text)
+
     def _artifact_location(self, name: str) -> str | None:
         """For a SQLite store, artifacts go beside the database (MLflow's default is ./mlruns
         of whatever folder the process runs in); servers choose their own."""
@@ -162,7 +214,7 @@ class Tracker:
     def create_parent_run(self, study: str, params: dict[str, Any], tags: dict[str, str], files: dict[str, str]) -> str:
         """A new study-level run with its parameters and files (name -> text) as artifacts."""
         run = self.client.create_run(
-            self.experiment_id, run_name=study, tags={ROLE_TAG: "study", STUDY_TAG: study, **tags}
+            self.experiment_id, run_name=study, tags={T.ROLE: "study", T.STUDY: study, **tags}
         )
         rid = run.info.run_id
         self.client.log_batch(rid, params=[_param(k, v) for k, v in params.items()])
@@ -183,11 +235,48 @@ class Tracker:
         """The parent run tagged with this Optuna study's id, if one exists."""
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`{ROLE_TAG}` = 'study' and tags.`optuna_study_uid` = '{study_uid}'",
+            filter_string=f"tags.`{T.ROLE}` = 'study' and tags.`{T.STUDY_UID}` = '{study_uid}'",
             order_by=["attributes.start_time ASC"],
             max_results=1,
         )
         return runs[0].info.run_id if runs else None
+
+    def latest_parent(self) -> str | None:
+        """The most recently started study run of this experiment."""
+        runs = self.find_runs(tags={T.ROLE: "study"}, newest_first=True, max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def find_runs(
+        self,
+        parent: str | None = None,
+        tags: dict[str, Any] | None = None,
+        status: str | None = None,
+        newest_first: bool = False,
+        max_results: int = 10_000,
+    ) -> list:
+        """Runs of this experiment (mlflow Run objects): children of `parent`, with these tags, in this status."""
+        where = [f"tags.`{T.PARENT_RUN}` = '{parent}'"] if parent else []
+        where += [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
+        where += [f"attributes.status = '{status}'"] if status else []
+        order = ["attributes.start_time DESC" if newest_first else "attributes.start_time ASC"]
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], " and ".join(where), order_by=order,
+                                           max_results=min(max_results - len(out), 1000), page_token=token)
+            out += list(page)
+            token = page.token
+            if not token or len(out) >= max_results:
+                return out
+
+    def runs_frame(self, parent: str):
+        """The children of `parent` as mlflow.search_runs' pandas table (metrics.*, params.*, tags.* columns)."""
+        mlflow = _mlflow()
+        mlflow.set_tracking_uri(self.uri)
+        return mlflow.search_runs([self.experiment_id], filter_string=f"tags.`{T.PARENT_RUN}` = '{parent}'",
+                                  output_format="pandas")
+
+    def tags_of(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.tags)
 
     def delete_run(self, run_id: str) -> None:
         """Move a run to MLflow's trash (a duplicate parent made by a racing worker)."""
@@ -211,7 +300,7 @@ class Tracker:
             return False
         if run.info.status in TERMINAL:
             return False
-        self.client.set_tag(run_id, "fail_reason", reason)
+        self.client.set_tag(run_id, T.FAIL_REASON, reason)
         self.client.set_terminated(run_id, status)
         return True
 
@@ -230,14 +319,52 @@ class Tracker:
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def set_note(self, run_id: str, text: str) -> None:
+        """The run's description (Overview tab, and the Description column of the runs table)."""
+        self.client.set_tag(run_id, T.NOTE, text)
+
+    def rename_run(self, run_id: str, name: str) -> None:
+        self.client.update_run(run_id, name=name)
+
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
 
-    def log_image(self, run_id: str, grid, name: str) -> None:
-        """A (3, H, W) tensor grid in [0, 1] as a PNG artifact."""
-        self.client.log_image(run_id, to_uint8_image(grid), artifact_file=name)
+    def log_image(self, run_id: str, grid, key: str, step: int) -> None:
+        """A (3, H, W) tensor grid in [0, 1] under `key` at `step`: the chart view's image grid lines
+        up runs by key and step (MLflow stores it under images/, which holds nothing else)."""
+        self.client.log_image(run_id, to_uint8_image(grid), key=key, step=step, synchronous=True)
+
+    def log_grid(self, run_id: str, grid, path: str) -> None:
+        """A (3, H, W) tensor grid in [0, 1] as a plain PNG artifact at `path` (under grids/, never images/)."""
+        self.client.log_image(run_id, to_uint8_image(grid), artifact_file=path)
+
+    def log_datasets(self, run_id: str, inputs: list["DatasetInfo"]) -> None:
+        """The run's data as MLflow dataset inputs: the runs table's Dataset column and filter."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        self.client.log_inputs(run_id, datasets=[
+            DatasetInput(Dataset(d.name, d.digest, "local", json.dumps({"uri": d.source}), d.schema(), d.profile()),
+                         [InputTag(T.INPUT_CONTEXT, d.context)])
+            for d in inputs
+        ])
+
+    def register_model(self, model_uri: str, name: str, alias: str, run_id: str, description: str) -> str:
+        """Register `model_uri` as a new version of `name`, point `alias` at it; returns models:/name@alias."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name, description=description)
+        except MlflowException as exc:  # registered before: add a version
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        source = self.client.get_logged_model(model_id).artifact_location if model_id else model_uri
+        version = self.client.create_model_version(name, source, run_id=run_id, model_id=model_id, description=description)
+        self.client.set_registered_model_alias(name, alias, version.version)
+        return f"models:/{name}@{alias}"
 
     def log_figure(self, run_id: str, fig, name: str) -> None:
+        """A matplotlib figure as a PNG artifact at `name` (closed afterwards)."""
         import matplotlib.pyplot as plt
 
         self.client.log_figure(run_id, fig, name)
@@ -277,7 +404,7 @@ class Tracker:
             # SIGINT, and SIGTERM turned into KeyboardInterrupt by bench.run: the run was stopped, not broken
             stopped = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
             status, reason = child.outcome or (stopped, f"{type(exc).__name__}: {exc}")
-            _safe(lambda: self.set_tags(child.run_id, {"fail_reason": reason[:4000]}))
+            _safe(lambda: self.set_tags(child.run_id, {T.FAIL_REASON: reason[:4000]}))
             raise
         finally:
             _safe(lambda: mlflow.end_run(status))
@@ -298,14 +425,28 @@ class ChildRun:
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.tracker.set_tags(self.run_id, tags)
 
-    def log_image(self, grid, name: str) -> None:
-        self.tracker.log_image(self.run_id, grid, name)
+    def set_note(self, text: str) -> None:
+        self.tracker.set_note(self.run_id, text)
+
+    def rename(self, name: str) -> None:
+        self.tracker.rename_run(self.run_id, name)
+
+    def log_datasets(self, inputs: list["DatasetInfo"]) -> None:
+        self.tracker.log_datasets(self.run_id, inputs)
+
+    def log_image(self, grid, key: str, step: int) -> None:
+        self.tracker.log_image(self.run_id, grid, key, step)
+
+    def log_grid(self, grid, path: str) -> None:
+        self.tracker.log_grid(self.run_id, grid, path)
 
     def log_figure(self, fig, name: str) -> None:
         self.tracker.log_figure(self.run_id, fig, name)
 
-    def log_model(self, model, checkpoint: str | os.PathLike | None = None) -> str:
-        """The model with mlflow.pytorch.log_model, so that mlflow.pytorch.load_model returns it.
+    def log_model(self, model, name: str, checkpoint: str | os.PathLike | None = None) -> str:
+        """The model with mlflow.pytorch.log_model under `name`, so that mlflow.pytorch.load_model returns it.
+
+        Returns its URI (models:/m-...), also kept in the run's model_uri tag.
 
         Pickle format with the `vae` package as code: the VAE's forward returns a tuple and
         its use is encode/decode/sample, which the pt2 graph format (one tensor out) cannot
@@ -316,13 +457,14 @@ class ChildRun:
         mlflow = _mlflow()
         info = mlflow.pytorch.log_model(
             model.cpu().eval(),
-            name="model",
+            name=name,
             serialization_format="pickle",
             code_paths=[str(VAE_PACKAGE_DIR)],
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
         if checkpoint is not None:
             self.tracker.log_file(self.run_id, checkpoint, "checkpoint")
+        self.set_tags({T.MODEL_URI: info.model_uri})
         return info.model_uri
 
 
@@ -357,25 +499,6 @@ def _safe(fn) -> None:
         fn()
     except Exception as exc:  # noqa: BLE001 - cleanup only
         log.warning("MLflow cleanup step failed: %s", exc)
-
-
-def load_logged_model(model_uri: str):
-    """mlflow.pytorch.load_model, for the report and tests."""
-    return _mlflow().pytorch.load_model(model_uri)
-
-
-def search_runs(uri: str, experiment: str, filter_string: str = ""):
-    """Runs of an experiment as a pandas DataFrame (mlflow.search_runs)."""
-    mlflow = _mlflow()
-    mlflow.set_tracking_uri(uri)
-    exp = mlflow.MlflowClient(uri).get_experiment_by_name(experiment)
-    if exp is None:
-        raise BenchError(f"no MLflow experiment named {experiment!r} at {uri}; run the study first")
-    return mlflow.search_runs([exp.experiment_id], filter_string=filter_string, output_format="pandas")
-
-
-def tempdir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="vaebench-")
 
 
 class NullTracker:

@@ -7,6 +7,7 @@ and records its MLflow runs and Optuna trials at once, so later tests may resume
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -171,6 +172,35 @@ def smoke(tmp_path_factory) -> Smoke:
     record = run.record()
     files = run.download(record.parent.info.run_id, tmp_path_factory.mktemp("smoke-parent"))
     return Smoke(run, record, files)
+
+
+@pytest.fixture(scope="session")
+def smoke_compared(tmp_path_factory) -> StudyRun:
+    """The smoke study with its baselines and report (as `python -m bench.run --study smoke` runs it),
+    once per session; tests read it and must not resume it."""
+    require_mnist()
+    run = StudyRun(tmp_path_factory.mktemp("compared"), "smoke")
+    args = [a for a in run.args("smoke") if a != "--no-baselines"]
+    proc = run_cli(args, run.cwd)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    run.proc = proc
+    return run
+
+
+IMAGE_FILE = re.compile(r"images/(?P<key>[^+/]+)\+step\+(?P<step>\d+)\+timestamp\+\d+\+[0-9a-f-]+\.png")
+
+
+def logged_images(client, run_id: str) -> set[tuple[str, int]]:
+    """(key, step) of every image a run logged with mlflow.log_image(key=, step=); fails on any
+    other file under images/ (it would break the UI's image-key parser)."""
+    out = set()
+    for a in client.list_artifacts(run_id, "images"):
+        if a.path.endswith("+compressed.webp"):
+            continue  # MLflow's thumbnail of each image
+        m = IMAGE_FILE.fullmatch(a.path)
+        assert m, f"{a.path} is not a log_image(key=, step=) file"
+        out.add((m["key"], int(m["step"])))
+    return out
 
 
 def png_size(path: Path) -> tuple[int, int]:

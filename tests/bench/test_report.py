@@ -12,21 +12,16 @@ import pandas as pd
 import pytest
 
 from bench.report import SHARED_METRICS
-from tests.bench.conftest import StudyRun, cli_env, png_size, require_mnist, run_cli
+from tests.bench.conftest import cli_env, png_size
 
 MODELS = ("vae", "ae", "pca")
 LATENTS = (2, 4)  # smoke.toml covers both sizes
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory):
-    require_mnist()
-    run = StudyRun(tmp_path_factory.mktemp("report"), "smoke")
-    args = [a for a in run.args("smoke") if a != "--no-baselines"]
-    proc = run_cli(args, run.cwd)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    run.proc = proc
-    return run
+def compared(smoke_compared):
+    """The smoke study run with its baselines once per session (tests/bench/conftest.py)."""
+    return smoke_compared
 
 
 def test_the_table_has_one_full_row_per_model_and_latent_size(compared):

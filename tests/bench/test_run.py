@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from bench.run import build_parser
 from bench.spec import STUDIES_DIR, available_studies
-from tests.bench.conftest import REPO, TEST_STUDIES, StudyRun, data_dir, png_size, require_mnist, run_cli
+from tests.bench.conftest import REPO, TEST_STUDIES, StudyRun, data_dir, logged_images, png_size, require_mnist, run_cli
 
 FINISHED_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}
 
@@ -49,7 +49,8 @@ def test_smoke_has_one_parent_run_and_one_child_run_per_trial(smoke):
     for trial in rec.trials:
         child = rec.child(trial.number)
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert child.info.run_name == f"trial-{trial.number:03d}"
+        pruned = " (pruned)" if trial.state == TrialState.PRUNED else ""  # told apart in the runs table
+        assert child.info.run_name == f"trial-{trial.number:03d}{pruned}"
         assert trial.user_attrs["mlflow_run_id"] == child.info.run_id
         assert child.info.status == FINISHED_STATUS[trial.state], (trial.number, trial.state, child.info.status)
         assert child.data.tags["optuna_state"] == trial.state.name
@@ -123,7 +124,10 @@ def test_median_pruner_kills_the_trial_that_learns_nothing(faults):
     assert [m.step for m in client.get_metric_history(slow_run.info.run_id, "val/elbo")] == [1]
     assert [m.step for m in client.get_metric_history(good_run.info.run_id, "val/elbo")] == [1, 2]
     assert not any(k.startswith("test/") for k in slow_run.data.metrics)  # a pruned trial is not evaluated
-    assert client.list_artifacts(slow_run.info.run_id) == []
+    # only the untrained network's pictures (step 0): the epoch the pruner stopped gets none, nor a model
+    assert [a.path for a in client.list_artifacts(slow_run.info.run_id)] == ["images"]
+    assert logged_images(client, slow_run.info.run_id) == {("samples", 0), ("reconstructions", 0)}
+    assert slow_run.info.run_name == "trial-002 (pruned)"
 
 
 def test_nonfinite_loss_prunes_the_trial_fails_its_run_and_the_study_goes_on(faults):
@@ -149,7 +153,7 @@ def test_nonfinite_loss_prunes_the_trial_fails_its_run_and_the_study_goes_on(fau
 
 def test_two_dimensional_latents_get_their_pictures(faults, tmp_path):
     run, rec = faults
-    files = run.download(rec.child(0).info.run_id, tmp_path, "images")
+    files = run.download(rec.child(0).info.run_id, tmp_path, "grids")
     assert sorted(p.name for p in files.iterdir()) == [
         "latent_manifold.png", "latent_scatter.png", "reconstructions.png", "samples.png",
     ]  # fmt: skip

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from bench.errors import BenchError
 from bench.spec import STUDIES_DIR, load_spec
 from bench.tracking import ROLE_TAG, Tracker, check_tracking_uri, to_uint8_image
-from tests.bench.conftest import REPO, data_dir, global_tracking_uri, png_size
+from tests.bench.conftest import REPO, data_dir, global_tracking_uri, logged_images, png_size
 from vae.data import load_data
 from vae.evaluate import elbo_metrics
 from vae.train import load_checkpoint, resolve_device
@@ -129,8 +129,11 @@ def test_test_metrics_are_logged_once_and_are_sane(smoke):
 
 
 def test_images_are_pngs_of_the_expected_size(smoke, tmp_path):
+    client = smoke.run.client()
     for trial, run in complete(smoke.record):
-        files = smoke.run.download(run.info.run_id, tmp_path / str(trial.number), "images")
+        # keyed images at every epoch and before training (step 0), for the UI's image grid
+        assert logged_images(client, run.info.run_id) == {(k, s) for k in ("samples", "reconstructions") for s in (0, 1, 2)}
+        files = smoke.run.download(run.info.run_id, tmp_path / str(trial.number), "grids")
         names = sorted(p.name for p in files.iterdir())
         latent_pics = ["latent_manifold.png", "latent_scatter.png"] if trial.params["latent_dim"] == 2 else []
         assert names == sorted(["reconstructions.png", "samples.png", *latent_pics])
@@ -139,7 +142,8 @@ def test_images_are_pngs_of_the_expected_size(smoke, tmp_path):
     for trial in smoke.record.trials:
         if trial.state == TrialState.PRUNED:
             run_id = trial.user_attrs["mlflow_run_id"]
-            assert smoke.run.client().list_artifacts(run_id) == []
+            assert [a.path for a in client.list_artifacts(run_id)] == ["images"]  # step 0 only
+            assert {s for _, s in logged_images(client, run_id)} == {0}
 
 
 def test_logged_model_loads_back_and_is_the_evaluated_one(smoke, smoke_data, tmp_path):
@@ -148,7 +152,7 @@ def test_logged_model_loads_back_and_is_the_evaluated_one(smoke, smoke_data, tmp
     trial, run = complete(smoke.record)[0]
     run_id = run.info.run_id
     with global_tracking_uri(smoke.run.tracking_uri):
-        model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+        model = mlflow.pytorch.load_model(run.data.tags["model_uri"])
     assert type(model).__name__ == "VAE"
     assert model.latent_dim == trial.params["latent_dim"]
     assert model.config.hidden_width == trial.params["hidden_width"]
@@ -199,9 +203,11 @@ def test_parent_run_names_the_best_trial(smoke):
     assert tags["best_run_id"] == rec.child(best.number).info.run_id
     for name, value in best.params.items():
         assert tags[f"best.{name}"] == str(value)
-    assert metrics["best/val/elbo"] == pytest.approx(best.value)
+    # under the trials' own keys, so the parent's row in the runs table lines up with theirs
+    assert metrics["val/elbo"] == pytest.approx(best.value)
     for k in TEST_METRICS:
-        assert metrics[f"best/{k}"] == pytest.approx(rec.child(best.number).data.metrics[k])
+        assert metrics[k] == pytest.approx(rec.child(best.number).data.metrics[k])
+    assert not any(k.startswith("best/") for k in metrics)
     assert metrics["trials/complete"] == len(done)
     assert metrics["trials/complete"] + metrics["trials/pruned"] == 3
     assert metrics["trials/fail"] == 0

@@ -1,0 +1,107 @@
+"""What a person reads in the MLflow UI beside the numbers: descriptions, run names, dataset inputs.
+
+The runner, the comparison stage and the summary call these to write the text of the
+experiment, the parent run and every child run (`mlflow.note.content`) and their datasets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from typing import Any, Mapping
+
+from bench import tags as T
+from bench.spec import StudySpec
+from bench.tracking import DatasetInfo
+from vae.data import DATASET_FOLDERS, Datasets
+
+MODEL_NAMES = {"vae": "VAE", "ae": "autoencoder", "pca": "PCA"}
+CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
+
+
+def dataset_inputs(spec: StudySpec, data: Datasets) -> list[DatasetInfo]:
+    """Train, validation and test splits as dataset inputs; the digest changes with any data setting."""
+    out = []
+    for split, context in CONTEXTS.items():
+        part = getattr(data, split)
+        if not len(part):
+            continue  # val_size = 0
+        key = json.dumps({"raw": data.digest, "split": split, **asdict(spec.data)}, sort_keys=True)
+        targets = "dynamic binarization" if part.dynamic else (
+            "binarized once" if spec.data.binarize == "dynamic" else "grayscale")
+        out.append(DatasetInfo(
+            name=f"{spec.data.dataset}-{split}",
+            digest=hashlib.sha256(key.encode()).hexdigest()[:8],
+            context=context,
+            rows=len(part),
+            source=f"torchvision.datasets.{DATASET_FOLDERS[spec.data.dataset]}",
+            targets=targets,
+        ))
+    return out
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _params(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} = {_fmt(v)}" for k, v in params.items())
+
+
+def experiment_note(spec: StudySpec) -> str:
+    searched = ", ".join(spec.searched) or "nothing (one configuration)"
+    goal = ("maximizing " if spec.direction == "maximize" else "minimizing ") + spec.metric
+    return (
+        f"VAE study `{spec.name}` on {spec.data.dataset} ({spec.data.binarize} binarization): "
+        f"an Optuna {spec.sampler.type} search over {searched}, {spec.n_trials} trials of {spec.train.epochs} epochs, "
+        f"{goal}.\n\nThe run named after the study is the parent: the best trial, Optuna's plots and the comparison report. "
+        "`trial-NNN` runs are the VAEs (a pruned one says so in its name); `ae-latentN` and `pca-latentN` are the "
+        "baselines compared with the best VAE of each latent size. All numbers are nats per image."
+    )
+
+
+def parent_note(spec: StudySpec, best=None, report: str | None = None) -> str:
+    """The parent run's description: what was searched, the best trial, where the report is."""
+    lines = [f"Study `{spec.name}`: {spec.n_trials} trials, searching {', '.join(spec.searched) or 'nothing'} "
+             f"({spec.sampler.type} sampler, {spec.pruner.type} pruner), {spec.direction} {spec.metric}."]
+    if best is not None:
+        lines.append(f"Best: trial {best.number} (run {best.user_attrs.get(T.RUN_ID_ATTR, '?')}), "
+                     f"{spec.metric} = {best.value:.2f}, {_params(best.params)}.")
+    if report:
+        lines.append(f"Comparison with the autoencoder and PCA: the `report/` artifacts "
+                     f"(comparison.md), also written to {report}.")
+    return "\n\n".join(lines)
+
+
+def trial_note(spec: StudySpec, number: int, params: Mapping[str, Any], covered: bool, outcome: str = "") -> str:
+    head = f"VAE trial {number} of study `{spec.name}`: {_params(params)}"
+    head += " (queued to cover its latent size; never pruned)." if covered else "."
+    return head + (f"\n\n{outcome}" if outcome else "")
+
+
+def baseline_note(kind: str, latent_dim: int, vae_run: str, vae_name: str) -> str:
+    what = {
+        "ae": "the VAE's encoder and decoder without the KL term, trained on reconstruction BCE with the same "
+              "data, epochs, optimizer and seed",
+        "pca": f"PCA with {latent_dim} components fitted on the training images, decoded linearly and clipped",
+    }[kind]
+    return (f"{MODEL_NAMES[kind]} baseline at latent size {latent_dim}: {what}. Compared with the best VAE "
+            f"of that size, run `{vae_name}` ({vae_run}); samples come from a Gaussian fitted to its codes.")
+
+
+def trial_run_name(number: int, pruned: bool = False) -> str:
+    return f"trial-{number:03d}" + (T.PRUNED_SUFFIX if pruned else "")
+
+
+def model_name(kind: str, latent_dim: int, trial: int | None = None) -> str:
+    """The logged model's name: model, latent size and (for a VAE) trial, e.g. vae-latent4-trial002."""
+    return f"{kind}-latent{latent_dim}" + (f"-trial{trial:03d}" if trial is not None else "")
+
+
+def registered_name(study: str, latent_dim: int) -> str:
+    """The registry's name for the best VAE of a study at a latent size; its alias is BEST_ALIAS."""
+    return f"{study}-vae-latent{latent_dim}"
+
+
+BEST_ALIAS = "best"

@@ -1,0 +1,67 @@
+"""The one vocabulary of names besides metric keys: MLflow run tags, Optuna attributes, image keys.
+
+Every module that writes or reads one of these names imports it from here (metric keys live in
+bench.metrics); a name never gets a second meaning.
+"""
+
+from __future__ import annotations
+
+# ----------------------------------------------------------------- MLflow run tags
+ROLE = "vaebench.role"  # "study" on the parent run, "trial" on a VAE trial, "baseline" on an AE / PCA run
+STUDY = "study"  # the study's name, on every run
+MODEL = "model"  # "vae", "ae" or "pca" on every child run (not on the parent)
+LATENT_DIM = "latent_dim"  # the child run's latent size, as a tag so the UI can group by it
+TRIAL_NUMBER = "trial_number"  # the Optuna trial number of a VAE trial run
+COVERAGE = "coverage"  # "true" on trials queued to cover a choice (never pruned), else "false"
+OPTUNA_STATE = "optuna_state"  # the trial's Optuna state: COMPLETE or PRUNED (a pruned run closes KILLED)
+FAIL_REASON = "fail_reason"  # why a run closed FAILED or KILLED, one line
+COMPARED = "compared"  # "true" on the runs in the comparison: the best VAE per latent size and its baselines
+VAE_RUN_ID = "vae_run_id"  # on a baseline: the run of the VAE it is compared with
+MODEL_URI = "model_uri"  # the run's logged model (models:/m-...), loadable with mlflow.<flavor>.load_model
+REGISTERED_AS = "registered_as"  # on a registered VAE: models:/<name>@<alias>
+BEST_TRIAL = "best_trial"  # on the parent: the best trial's number
+BEST_RUN_ID = "best_run_id"  # on the parent: the best trial's run id
+BEST_PARAM = "best.{name}"  # on the parent: the best trial's value of each searched parameter
+STUDY_UID = "optuna_study_uid"  # on the parent: the Optuna study's uid, how workers find the parent
+GATE = "vaebench.gate"  # "true" on the parent of a regression-gate run
+GIT_COMMIT = "git_commit"  # the project's commit ('-dirty' with local changes)
+DATASET = "dataset"  # "mnist" or "fashion-mnist"
+DATASET_DIGEST = "dataset_digest"  # sha256 prefix of the raw image bytes (vae.data.Datasets.digest)
+DEVICE = "device"  # where the model was trained
+TORCH_VERSION = "torch_version"
+# MLflow's own tags
+NOTE = "mlflow.note.content"  # the description of a run or experiment, shown on its page
+PARENT_RUN = "mlflow.parentRunId"
+INPUT_CONTEXT = "mlflow.data.context"  # on a logged dataset input: training, validation or testing
+
+ROLES = ("study", "trial", "baseline")
+PRUNED_SUFFIX = " (pruned)"  # appended to a pruned trial's run name, so the runs table shows it
+
+# ----------------------------------------------------------------- Optuna attributes
+# trial user attributes
+RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run
+WORKER_ATTR = "worker"  # host:pid of the process that ran the trial
+FAIL_REASON_ATTR = "fail_reason"  # why the trial failed or went non-finite
+TEST_METRICS_ATTR = "test_metrics"  # the trial's test/* metrics, {key: value}
+COVERAGE_ATTR = "coverage"  # True on the queued trials that cover a parameter's choices: never pruned
+SURPLUS_ATTR = "surplus"  # True on a trial beyond n_trials that a worker did not run
+# study user attributes
+PARENT_ATTR = "mlflow_parent_run_id"  # the study's MLflow parent run
+UID_ATTR = "study_uid"  # the study's uid, mirrored in the parent's STUDY_UID tag
+
+# ----------------------------------------------------------------- images
+# keys of mlflow.log_image(key=..., step=epoch), the same for VAE, AE and PCA, so the chart
+# view's image grid shows the three models side by side at any step
+SAMPLES = "samples"  # 64 generated images (VAE: prior; AE, PCA: Gaussian fitted to their codes)
+RECONSTRUCTIONS = "reconstructions"  # 16 test images above their deterministic reconstructions
+IMAGE_KEYS = (SAMPLES, RECONSTRUCTIONS)
+# plain PNG files of the final model; not under images/ (log_image's folder, whose key parser
+# in the UI breaks on other files)
+GRIDS = "grids"
+LATENT_SCATTER = "latent_scatter"  # 2-D latents only: test codes coloured by class
+LATENT_MANIFOLD = "latent_manifold"  # 2-D latents only: decoded grid of prior quantiles
+
+
+def grid_file(name: str) -> str:
+    """The artifact path of a plain grid file, e.g. grids/samples.png."""
+    return f"{GRIDS}/{name}.png"
