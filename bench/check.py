@@ -78,12 +78,13 @@ def measure_and_log(spec, seeds: list[int], root: str, uri: str, workers: int | 
     from tqdm.auto import tqdm
 
     from bench.gate import default_workers, measure
-    from bench.tracking import ROLE_TAG, Tracker
+    from bench import tags as T
+    from bench.tracking import Tracker
 
     tracker = Tracker(uri, spec.name)
     parent = tracker.create_parent_run(
         spec.name, {"seeds": ",".join(map(str, seeds)), "epochs": spec.train.epochs, "limit": spec.data.limit},
-        {"vaebench.gate": "true", **tags}, {f"study/{spec.name}.toml": spec.text or ""},
+        {T.GATE: "true", **tags}, {f"study/{spec.name}.toml": spec.text or ""},
     )
     bar = tqdm(total=len(seeds), desc="gate seeds", unit="seed", disable=not progress)
 
@@ -92,7 +93,7 @@ def measure_and_log(spec, seeds: list[int], root: str, uri: str, workers: int | 
         for model in models:
             metrics = {k: v for (m, k), v in res.values.items() if m == model}
             with tracker.child_run(parent, f"{model}-seed{res.seed}", {"seed": res.seed},
-                                   {ROLE_TAG: "gate", "model": model, "seed": res.seed}) as run:
+                                   {T.ROLE: T.GATE_ROLE, T.MODEL: model, T.SEED: res.seed}) as run:
                 run.log_metrics(metrics)
         bar.update(1)
 

@@ -43,7 +43,7 @@ def score_paper_protocol(
     if best is None or "mlflow_run_id" not in best.user_attrs:
         return None
     run_id = best.user_attrs["mlflow_run_id"]
-    if PAPER_KEYS[0] in tracker.client.get_run(run_id).data.metrics:
+    if PAPER_KEYS[0] in tracker.metrics_of(run_id):
         return None
     with tempfile.TemporaryDirectory(prefix="vaebench-") as tmp:
         model, train_cfg = load_checkpoint(tracker.download(run_id, "checkpoint/model.pt", tmp), device)

@@ -90,12 +90,7 @@ def plan(best: dict[int, optuna.trial.FrozenTrial], spec: StudySpec) -> list[Rep
 
 def finished_replicates(tracker: Tracker, parent_run_id: str) -> set[tuple[str, int, int, str]]:
     """(kind, latent_dim, seed, replicated run id) of every FINISHED replicate run under the parent."""
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id],
-        filter_string=(f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{ROLE_TAG}` = '{REPLICATE_ROLE}' "
-                       "and attributes.status = 'FINISHED'"),
-        max_results=50_000,
-    )
+    runs = tracker.find_runs(parent_run_id, {ROLE_TAG: REPLICATE_ROLE}, "FINISHED", max_results=50_000)
     return {
         (r.data.tags["model"], int(r.data.tags["latent_dim"]), int(r.data.tags[SEED_TAG]), r.data.tags[REPLICATE_OF_TAG])
         for r in runs

@@ -24,6 +24,9 @@ BEST_RUN_ID = "best_run_id"  # on the parent: the best trial's run id
 BEST_PARAM = "best.{name}"  # on the parent: the best trial's value of each searched parameter
 STUDY_UID = "optuna_study_uid"  # on the parent: the Optuna study's uid, how workers find the parent
 GATE = "vaebench.gate"  # "true" on the parent of a regression-gate run
+SEED = "seed"  # a replicate's or gate run's seed: training, binarization, FD draws, corruption noise
+REPLICATE_OF = "replicate_of"  # on a replicate: MLflow run id of the best trial whose configuration it repeats
+REPLICATE_OF_TRIAL = "replicate_of_trial"  # on a replicate: that trial's number
 GIT_COMMIT = "git_commit"  # the project's commit ('-dirty' with local changes)
 DATASET = "dataset"  # "mnist" or "fashion-mnist"
 DATASET_DIGEST = "dataset_digest"  # sha256 prefix of the raw image bytes (vae.data.Datasets.digest)
@@ -34,7 +37,9 @@ NOTE = "mlflow.note.content"  # the description of a run or experiment, shown on
 PARENT_RUN = "mlflow.parentRunId"
 INPUT_CONTEXT = "mlflow.data.context"  # on a logged dataset input: training, validation or testing
 
-ROLES = ("study", "trial", "baseline")
+ROLES = ("study", "trial", "baseline", "replicate", "gate")
+REPLICATE_ROLE = "replicate"  # a compared configuration trained again with another seed (bench.replicates)
+GATE_ROLE = "gate"  # a seed of the regression gate (bench.check)
 PRUNED_SUFFIX = " (pruned)"  # appended to a pruned trial's run name, so the runs table shows it
 
 # ----------------------------------------------------------------- Optuna attributes

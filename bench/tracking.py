@@ -28,10 +28,8 @@ log = logging.getLogger(__name__)
 
 ROLE_TAG = T.ROLE  # re-exported for the modules that import it from here
 UI_PORT = 5000  # where `mlflow ui` listens by default
-REPLICATE_ROLE = "replicate"  # a compared configuration trained again with another seed (bench.replicates)
-SEED_TAG = "seed"  # a replicate's seed: training, binarization, FD draws, corruption noise
-REPLICATE_OF_TAG = "replicate_of"  # MLflow run id of the best trial whose configuration a replicate repeats
-REPLICATE_TRIAL_TAG = "replicate_of_trial"  # that trial's number
+REPLICATE_ROLE, SEED_TAG = T.REPLICATE_ROLE, T.SEED  # re-exported, as ROLE_TAG
+REPLICATE_OF_TAG, REPLICATE_TRIAL_TAG = T.REPLICATE_OF, T.REPLICATE_OF_TRIAL
 STUDY_TAG = "study"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 VAE_PACKAGE_DIR = PROJECT_DIR / "vae"
@@ -274,6 +272,10 @@ class Tracker:
         mlflow.set_tracking_uri(self.uri)
         return mlflow.search_runs([self.experiment_id], filter_string=f"tags.`{T.PARENT_RUN}` = '{parent}'",
                                   output_format="pandas")
+
+    def metrics_of(self, run_id: str) -> dict[str, float]:
+        """The latest value of each metric of a run."""
+        return dict(self.client.get_run(run_id).data.metrics)
 
     def tags_of(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.tags)
