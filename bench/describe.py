@@ -49,9 +49,15 @@ def _params(params: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} = {_fmt(v)}" for k, v in params.items())
 
 
+def _goal(spec: StudySpec) -> str:
+    """'maximizing val/elbo', or each objective of a multi-objective study."""
+    return " and ".join(("maximizing " if d == "maximize" else "minimizing ") + k
+                        for k, d in zip(spec.objectives, spec.directions))
+
+
 def experiment_note(spec: StudySpec) -> str:
     searched = ", ".join(spec.searched) or "nothing (one configuration)"
-    goal = ("maximizing " if spec.direction == "maximize" else "minimizing ") + spec.metric
+    goal = _goal(spec)
     return (
         f"VAE study `{spec.name}` on {spec.data.dataset} ({spec.data.binarize} binarization): "
         f"an Optuna {spec.sampler.type} search over {searched}, {spec.n_trials} trials of {spec.train.epochs} epochs, "
@@ -64,10 +70,11 @@ def experiment_note(spec: StudySpec) -> str:
 def parent_note(spec: StudySpec, best=None, report: str | None = None) -> str:
     """The parent run's description: what was searched, the best trial, where the report is."""
     lines = [f"Study `{spec.name}`: {spec.n_trials} trials, searching {', '.join(spec.searched) or 'nothing'} "
-             f"({spec.sampler.type} sampler, {spec.pruner.type} pruner), {spec.direction} {spec.metric}."]
+             f"({spec.sampler.type} sampler, {spec.pruner.type} pruner), {_goal(spec)}."]
     if best is not None:
         lines.append(f"Best: trial {best.number} (run {best.user_attrs.get(T.RUN_ID_ATTR, '?')}), "
-                     f"{spec.metric} = {best.value:.2f}, {_params(best.params)}.")
+                     + ", ".join(f"{k} = {v:.2f}" for k, v in zip(spec.objectives, best.values))
+                     + f", {_params(best.params)}.")
     if report:
         lines.append(f"Comparison with the autoencoder and PCA: the `report/` artifacts "
                      f"(comparison.md), also written to {report}.")

@@ -131,11 +131,10 @@ class TrialRunner:
 
             def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
                 run.log_metrics(metrics, step=epoch)
-                if spec.multi_objective:
-                    return  # Optuna neither records intermediate values nor prunes with several objectives
-                trial.report(metrics[spec.metric], epoch)
-                if not covered and trial.should_prune():
-                    raise stop("KILLED", f"pruned by the {spec.pruner.type} pruner at epoch {epoch}")
+                if not spec.multi_objective:  # Optuna neither records intermediate values nor prunes with several objectives
+                    trial.report(metrics[spec.metric], epoch)
+                    if not covered and trial.should_prune():
+                        raise stop("KILLED", f"pruned by the {spec.pruner.type} pruner at epoch {epoch}")
                 # images of the epochs the pruner let through, under keys the baselines share
                 grids.update(log_epoch_images(run, "vae", model, self.data, train_cfg.seed, [epoch]))
 

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from bench import tags as T
 from bench.baselines import train_baseline
+from bench.describe import dataset_inputs
 from bench.compare import best_per_latent, trial_configs
 from bench.fd_classifier import FDClassifier, load_classifier
 from bench.objective import run_params, run_tags
@@ -122,12 +124,14 @@ def run_replicates(
     classifier = load_classifier(data)
     for rep in tqdm(todo, desc="replicates", unit="run", disable=not progress):
         model_cfg, train_cfg = trial_configs(best[rep.latent_dim], spec)
-        params = run_params(model_cfg, dataclasses.replace(train_cfg, seed=rep.seed), spec)
-        if rep.kind == "pca":  # PCA has no network: keep what defines it
-            params = {k: v for k, v in params.items() if k in ("latent_dim", "seed") or k.startswith("data.")}
+        params = run_params(model_cfg, dataclasses.replace(train_cfg, seed=rep.seed), spec, rep.kind)
+        note = (f"Seed replicate of the {rep.kind} compared at latent size {rep.latent_dim}: the configuration of "
+                f"trial {rep.of_trial} (run {rep.of_run}) trained again with seed {rep.seed}; every random draw of its "
+                "scoring comes from that seed too. The report's intervals and verdicts are made from these runs.")
         tags = {ROLE_TAG: REPLICATE_ROLE, SEED_TAG: rep.seed, REPLICATE_OF_TAG: rep.of_run,
-                REPLICATE_TRIAL_TAG: rep.of_trial, **run_tags(spec, data, device, rep.kind, rep.latent_dim)}
+                REPLICATE_TRIAL_TAG: rep.of_trial, T.NOTE: note, **run_tags(spec, data, device, rep.kind, rep.latent_dim)}
         with tracker.child_run(parent_run_id, rep.name, params, tags) as run:
+            run.log_datasets(dataset_inputs(spec, data))
             model, history = train_replicate(rep.kind, model_cfg, train_cfg, rep.seed, data, device)
             for epoch, metrics in enumerate(history, start=1):
                 run.log_metrics(metrics, step=epoch)

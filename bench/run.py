@@ -271,7 +271,7 @@ def print_summary(out: Outcome, uri: str) -> None:
     print(f"MLflow: experiment {spec.name!r}, parent run {out.parent_run_id} at {uri}")
     print(f"open the UI: {ui_command(uri)}")
     trials = f"tags.`{T.ROLE}` = 'trial'"  # the trials, best first; README shows more filters
-    print(f"  trials, best first: {runs_link(uri, out.tracker.experiment_id, trials, f'metrics.`{spec.metric}` ' + ('DESC' if spec.direction == 'maximize' else 'ASC'))}")
+    print(f"  trials, best first: {runs_link(uri, out.tracker.experiment_id, trials, f'metrics.`{spec.objectives[0]}` ' + ('DESC' if spec.directions[0] == 'maximize' else 'ASC'))}")
 
 
 @cli_main

@@ -198,7 +198,7 @@ class Tracker:
 
     def describe_experiment(self, text: str) -> None:
         """The experiment's description (its page shows it above the runs)."""
-        self.client.set_experiment_tag(self.experiment_id, T.NOTE, text)
+        _retry_on_race(lambda: self.client.set_experiment_tag(self.experiment_id, T.NOTE, text))
 
     def _artifact_location(self, name: str) -> str | None:
         """For a SQLite store, artifacts go beside the database (MLflow's default is ./mlruns
@@ -344,11 +344,12 @@ class Tracker:
         """The run's data as MLflow dataset inputs: the runs table's Dataset column and filter."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        self.client.log_inputs(run_id, datasets=[
+        datasets = [
             DatasetInput(Dataset(d.name, d.digest, "local", json.dumps({"uri": d.source}), d.schema(), d.profile()),
                          [InputTag(T.INPUT_CONTEXT, d.context)])
             for d in inputs
-        ])
+        ]
+        _retry_on_race(lambda: self.client.log_inputs(run_id, datasets=datasets))
 
     def register_model(self, model_uri: str, name: str, alias: str, run_id: str, description: str) -> str:
         """Register `model_uri` as a new version of `name`, point `alias` at it; returns models:/name@alias."""
@@ -468,6 +469,22 @@ class ChildRun:
             self.tracker.log_file(self.run_id, checkpoint, "checkpoint")
         self.set_tags({T.MODEL_URI: info.model_uri})
         return info.model_uri
+
+
+def _retry_on_race(fn, attempts: int = 5):
+    """fn(), again when another worker inserted the same row first (a dataset, an experiment tag).
+
+    MLflow inserts these with insert-or-update; two workers doing it at the same moment make the
+    database refuse the second insert. Done again, the row exists and the call goes through.
+    """
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - only the duplicate-key race is retried
+            text = str(exc)
+            if attempt == attempts - 1 or not any(s in text for s in ("UniqueViolation", "UNIQUE constraint", "Duplicate entry")):
+                raise
+            time.sleep(0.2 * (attempt + 1) + random.random() / 5)
 
 
 @contextmanager

@@ -87,11 +87,16 @@ def test_every_logged_key_is_declared_for_the_model_of_its_run(store):
 
 def test_the_report_carries_the_store_s_values(smoke_compared, store):
     _, _, runs = store
+    # smoke has [replicates]: each cell is the mean over the VAE replicate runs of that latent size
     table = pd.read_csv(smoke_compared.cwd / "reports" / "smoke" / "vae_metrics.csv")
-    for r in compared(runs, "vae"):
-        row = table[table["latent_dim"] == int(r.data.tags[T.LATENT_DIM])].iloc[0]
+    reps = [r for r in runs if r.data.tags.get(T.ROLE) == T.REPLICATE_ROLE and r.data.tags.get(T.MODEL) == "vae"]
+    assert reps
+    for latent in LATENTS:
+        mine = [r for r in reps if int(r.data.tags[T.LATENT_DIM]) == latent]
+        row = table[table["latent_dim"] == latent].iloc[0]
+        assert row["n"] == len(mine) == 2
         for key in ("test/elbo", "test/recon_bce", "test/kl"):
-            assert row[key] == pytest.approx(r.data.metrics[key])
+            assert row[key] == pytest.approx(sum(r.data.metrics[key] for r in mine) / len(mine))
 
 
 # ------------------------------------------------------------------ images, datasets, params
