@@ -7,6 +7,7 @@ replicate is its own nested MLflow run (role `replicate`), and a finished one is
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing as mp
 from dataclasses import dataclass
 
 import optuna
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 from bench import tags as T
 from bench.baselines import train_baseline
 from bench.describe import dataset_inputs
-from bench.compare import best_per_latent, trial_configs
+from bench.compare import best_per_latent, comparison_processes, trial_configs
 from bench.fd_classifier import FDClassifier, load_classifier
 from bench.objective import run_params, run_tags
 from bench.scores import score_model
@@ -108,10 +109,15 @@ def run_replicates(
     device: torch.device,
     progress: bool = True,
     ood_x: torch.Tensor | None = None,
+    processes: int | None = None,
 ) -> int:
     """Train and score every replicate not yet FINISHED under the parent; returns the runs written.
 
-    `ood_x`: the [eval] ood_dataset's test images; each replicate then also gets test/ood_auroc.
+    The replicates are independent: on a CPU they are computed by `processes` single-thread
+    processes (default: one per core, bench.compare.comparison_processes), this process logging
+    each as it comes; every one depends only on its seed, so the process count changes nothing
+    but float rounding. `ood_x`: the [eval] ood_dataset's test images; each replicate then also
+    gets test/ood_auroc.
     """
     best = best_per_latent(study, spec)
     todo = plan(best, spec)
@@ -121,24 +127,79 @@ def run_replicates(
     todo = [r for r in todo if r.key not in done]
     if not todo:
         return 0
-    classifier = load_classifier(data)
-    for rep in tqdm(todo, desc="replicates", unit="run", disable=not progress):
-        model_cfg, train_cfg = trial_configs(best[rep.latent_dim], spec)
-        params = run_params(model_cfg, dataclasses.replace(train_cfg, seed=rep.seed), spec, rep.kind)
-        note = (f"Seed replicate of the {rep.kind} compared at latent size {rep.latent_dim}: the configuration of "
-                f"trial {rep.of_trial} (run {rep.of_run}) trained again with seed {rep.seed}; every random draw of its "
-                "scoring comes from that seed too. The report's intervals and verdicts are made from these runs.")
-        tags = {ROLE_TAG: REPLICATE_ROLE, SEED_TAG: rep.seed, REPLICATE_OF_TAG: rep.of_run,
-                REPLICATE_TRIAL_TAG: rep.of_trial, T.NOTE: note, **run_tags(spec, data, device, rep.kind, rep.latent_dim)}
-        with tracker.child_run(parent_run_id, rep.name, params, tags) as run:
-            run.log_datasets(dataset_inputs(spec, data))
-            model, history = train_replicate(rep.kind, model_cfg, train_cfg, rep.seed, data, device)
-            for epoch, metrics in enumerate(history, start=1):
-                run.log_metrics(metrics, step=epoch)
-            scores = replicate_scores(rep.kind, model, data, spec, classifier, rep.seed)
-            if ood_x is not None:
-                e = spec.eval
-                scores[OOD_AUROC] = ood_auroc(model, rep.kind, data.test.x, ood_x, e.iw_samples, e.iw_images, seed=rep.seed)
-                run.set_tags({OOD_TAG: e.ood_dataset})
-            run.log_metrics(scores)
-    return len(todo)
+    classifier = load_classifier(data)  # trained and cached here, once, before any process needs it
+    jobs = [ReplicateJob(rep, *trial_configs(best[rep.latent_dim], spec)) for rep in todo]
+    n_proc = processes or comparison_processes(len(jobs), device)
+    bar = tqdm(total=len(jobs), desc="replicates", unit="run", disable=not progress)
+    try:
+        for job, history, scores in _compute(jobs, spec, data, classifier, device, ood_x, n_proc):
+            _log_replicate(job, history, scores, spec, tracker, parent_run_id, data, device)
+            bar.update()
+    finally:
+        bar.close()
+    return len(jobs)
+
+
+@dataclass(frozen=True)
+class ReplicateJob:
+    rep: Replicate
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+
+    @property
+    def cost(self) -> float:
+        """Rough relative cost, to start the long jobs first: the networks train, PCA only fits."""
+        return 0.0 if self.rep.kind == "pca" else float(self.model_cfg.hidden_width)
+
+
+_CTX: dict[str, object] = {}  # what a pool process holds for all its jobs, set once by _init_worker
+
+
+def _init_worker(spec, data, classifier, device: str, ood_x, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _CTX.update(spec=spec, data=data, classifier=classifier, device=torch.device(device), ood_x=ood_x)
+
+
+def _run_job(job: ReplicateJob) -> tuple[ReplicateJob, list[dict[str, float]], dict[str, float]]:
+    """Train and score one replicate; everything MLflow sees comes back in the result."""
+    spec, data, rep = _CTX["spec"], _CTX["data"], job.rep
+    model, history = train_replicate(rep.kind, job.model_cfg, job.train_cfg, rep.seed, data, _CTX["device"])
+    scores = replicate_scores(rep.kind, model, data, spec, _CTX["classifier"], rep.seed)
+    if _CTX["ood_x"] is not None:
+        e = spec.eval
+        scores[OOD_AUROC] = ood_auroc(model, rep.kind, data.test.x, _CTX["ood_x"], e.iw_samples, e.iw_images, seed=rep.seed)
+    return job, history, scores
+
+
+def _compute(jobs, spec, data, classifier, device, ood_x, processes: int):
+    """Each job's result as it finishes, seed by seed and longest first within a seed (an interrupted
+    run leaves whole seeds done): in `processes` single-thread processes, or here with every thread."""
+    jobs = sorted(jobs, key=lambda j: (j.rep.seed, -j.cost))
+    init = (spec, data, classifier, str(device), ood_x)
+    if processes <= 1:
+        _init_worker(*init, torch.get_num_threads())
+        try:
+            yield from map(_run_job, jobs)
+        finally:
+            _CTX.clear()
+        return
+    # spawn, not fork: this process holds OpenMP threads and database connections
+    with mp.get_context("spawn").Pool(processes, initializer=_init_worker, initargs=(*init, 1)) as pool:
+        yield from pool.imap_unordered(_run_job, jobs)
+
+
+def _log_replicate(job: ReplicateJob, history, scores, spec, tracker: Tracker, parent_run_id: str, data, device) -> None:
+    rep, model_cfg, train_cfg = job.rep, job.model_cfg, job.train_cfg
+    params = run_params(model_cfg, dataclasses.replace(train_cfg, seed=rep.seed), spec, rep.kind)
+    note = (f"Seed replicate of the {rep.kind} compared at latent size {rep.latent_dim}: the configuration of "
+            f"trial {rep.of_trial} (run {rep.of_run}) trained again with seed {rep.seed}; every random draw of its "
+            "scoring comes from that seed too. The report's intervals and verdicts are made from these runs.")
+    tags = {ROLE_TAG: REPLICATE_ROLE, SEED_TAG: rep.seed, REPLICATE_OF_TAG: rep.of_run,
+            REPLICATE_TRIAL_TAG: rep.of_trial, T.NOTE: note, **run_tags(spec, data, device, rep.kind, rep.latent_dim)}
+    if OOD_AUROC in scores:
+        tags[OOD_TAG] = spec.eval.ood_dataset
+    with tracker.child_run(parent_run_id, rep.name, params, tags) as run:
+        run.log_datasets(dataset_inputs(spec, data))
+        for epoch, metrics in enumerate(history, start=1):
+            run.log_metrics(metrics, step=epoch)
+        run.log_metrics(scores)
