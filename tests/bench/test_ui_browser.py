@@ -173,10 +173,14 @@ def pick(page, dialog, field: str, values: list[str]) -> None:
 
 def test_runs_table_shows_the_parent_with_its_nested_runs(ui, page):
     children = [r for r in ui.runs if r.info.run_id != ui.parent.info.run_id]
-    assert len(children) == 7  # 3 trials, AE and PCA at 2 latent sizes
+    roles = [r.data.tags.get(T.ROLE) for r in children]
+    # 3 trials, AE and PCA at 2 latent sizes, and 3 models x 2 sizes per replicate seed (smoke ships 2 seeds;
+    # test_report's slow test, which shares this store, may have added a third)
+    assert roles.count("trial") == 3 and roles.count("baseline") == 4
+    assert roles.count("replicate") in (12, 18) and len(children) == 7 + roles.count("replicate")
     open_view(page, f"{ui.base}/#/experiments/{ui.experiment_id}/runs?workflowType=machine_learning",
               run_link(page, ui.parent))
-    assert page.get_by_text("8 matching runs").is_visible()
+    assert page.get_by_text(f"{len(children) + 1} matching runs").is_visible()
     expand(page, ui.parent)
     for r in children:  # each nested run's row, under its name (a pruned trial says so)
         link = run_link(page, r)
