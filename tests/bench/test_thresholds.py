@@ -107,10 +107,10 @@ def test_shipped_reference_has_the_power_the_gate_promises():
     ref = load_reference(DEFAULT_THRESHOLDS)
     assert {(r.model, r.metric) for r in ref.references} == set(GATED)
     cal = set(ref.provenance["calibration_seeds"])
-    assert len(cal) >= 30 and set(ref.seeds) <= cal and len(ref.seeds) == 8
+    assert len(cal) >= 30 and set(ref.seeds) <= cal and len(ref.seeds) == 16
     k = len(ref.seeds)
     elbo = next(r for r in ref.references if r.metric == "test/elbo")
-    assert elbo.detectable(k, ref.m) <= 1.5  # nats of VAE test ELBO, caught 95 % of the time
+    assert elbo.detectable(k, ref.m) <= 1.0  # nats of VAE test ELBO, caught 95 % of the time (the issue asks 1.5, aims at 1)
     assert ref.false_alarm_empirical is not None and ref.false_alarm_empirical <= 0.01
 
 
