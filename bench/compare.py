@@ -7,7 +7,6 @@ logged for the same VAE run is skipped.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import tempfile
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from bench.frontier import pick_by_elbo
 from bench.metrics import OOD_AUROC
 from bench.ood import OOD_TAG, ood_auroc
 from bench.images import image_grids, log_final_grids
+from bench.pool import imap_jobs
 from bench.objective import run_params, run_tags, suggest_configs
 from bench.scores import score_model
 from bench.spec import StudySpec
@@ -163,16 +163,7 @@ def compute_jobs(
     jobs = sorted(jobs, key=lambda j: -j.cost)
     n_proc = processes or comparison_processes(len(jobs), device)
     init = (data, classifier, str(device), fd_samples, ood)
-    if n_proc <= 1:
-        _init_worker(*init, torch.get_num_threads())
-        try:
-            yield from map(_run_job, jobs)
-        finally:
-            _CTX.clear()
-        return
-    # spawn, not fork: this process holds OpenMP threads and database connections
-    with mp.get_context("spawn").Pool(n_proc, initializer=_init_worker, initargs=(*init, 1)) as pool:
-        yield from pool.imap_unordered(_run_job, jobs)
+    yield from imap_jobs(_run_job, jobs, _init_worker, init, n_proc, _CTX.clear)
 
 
 def run_comparison(

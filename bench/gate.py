@@ -9,12 +9,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 
 import torch
 
+from bench.pool import imap_jobs
 from bench.spec import StudySpec
 from vae.data import load_data
 
@@ -97,20 +96,9 @@ def measure(spec: StudySpec, seeds: list[int], data_root: str, workers: int, on_
     workers = 1 runs in this process with every core's thread; more run that many single-thread
     processes (2 single-thread processes beat one 2-thread process on these small models).
     """
-    if workers <= 1:
-        data = load_data(spec.data, data_root)
-        out = []
-        for s in seeds:
-            out.append(seed_metrics(spec, s, data))
-            if on_seed is not None:
-                on_seed(out[-1])
-        return out
-    ctx = get_context("spawn")  # a fresh interpreter per worker: no inherited torch thread pools
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(spec, data_root, 1)) as pool:
-        futures = [pool.submit(_run_seed, s) for s in seeds]
-        results = []
-        for f in futures:
-            results.append(f.result())
-            if on_seed is not None:
-                on_seed(results[-1])
+    results = []
+    for res in imap_jobs(_run_seed, seeds, _init_worker, (spec, data_root), workers, _WORKER.clear, ordered=True):
+        results.append(res)
+        if on_seed is not None:
+            on_seed(res)
     return results

@@ -7,7 +7,6 @@ replicate is its own nested MLflow run (role `replicate`), and a finished one is
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing as mp
 from dataclasses import dataclass
 
 import optuna
@@ -20,6 +19,7 @@ from bench.baselines import train_baseline
 from bench.describe import dataset_inputs
 from bench.compare import best_per_latent, comparison_processes, trial_configs
 from bench.fd_classifier import FDClassifier, load_classifier
+from bench.pool import imap_jobs
 from bench.objective import run_params, run_tags
 from bench.scores import score_model
 from bench.metrics import OOD_AUROC
@@ -176,16 +176,7 @@ def _compute(jobs, spec, data, classifier, device, ood_x, processes: int):
     run leaves whole seeds done): in `processes` single-thread processes, or here with every thread."""
     jobs = sorted(jobs, key=lambda j: (j.rep.seed, -j.cost))
     init = (spec, data, classifier, str(device), ood_x)
-    if processes <= 1:
-        _init_worker(*init, torch.get_num_threads())
-        try:
-            yield from map(_run_job, jobs)
-        finally:
-            _CTX.clear()
-        return
-    # spawn, not fork: this process holds OpenMP threads and database connections
-    with mp.get_context("spawn").Pool(processes, initializer=_init_worker, initargs=(*init, 1)) as pool:
-        yield from pool.imap_unordered(_run_job, jobs)
+    yield from imap_jobs(_run_job, jobs, _init_worker, init, processes, _CTX.clear)
 
 
 def _log_replicate(job: ReplicateJob, history, scores, spec, tracker: Tracker, parent_run_id: str, data, device) -> None:
