@@ -19,8 +19,8 @@ from bench import tags as T
 from bench.describe import dataset_inputs, model_name, trial_note, trial_run_name
 from bench.images import log_epoch_images, log_final_grids
 from bench.spec import MODEL_FIELDS, SearchParam, StudySpec
-from bench.storage import worker_id
 from bench.tracking import Tracker, git_commit
+from bench.workers import worker_id
 from vae.data import Datasets
 from vae.evaluate import encode, final_metrics, manifold_grid
 from vae.model import ModelConfig, build_model

@@ -10,7 +10,6 @@ import argparse
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 import warnings
@@ -132,32 +131,6 @@ def _raise_interrupt(signum, frame):  # SIGTERM ends the current trial like Ctrl
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def spawn_workers(argv: list[str], n: int, threads: int) -> list[subprocess.Popen]:
-    """Start n-1 more local workers with the same arguments (this process is worker 0)."""
-    base = [a for a in argv]
-    procs = []
-    for i in range(1, n):
-        cmd = [sys.executable, "-m", "bench.run", *base, "--workers", "1", "--threads", str(threads),
-               "--worker-index", str(i), "--no-finalize", "--no-progress"]
-        procs.append(subprocess.Popen(cmd))
-    return procs
-
-
-def strip_flags(argv: list[str], flags: dict[str, bool]) -> list[str]:
-    """argv without the given flags (flag -> takes a value)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        name = a.split("=", 1)[0]
-        if name in flags:
-            skip = flags[name] and "=" not in a
-            continue
-        out.append(a)
-    return out
-
-
 @dataclass
 class Outcome:
     """What one worker's run of a study left behind."""
@@ -180,11 +153,9 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags
     from bench.finalize import finalize
     from bench.objective import TrialRunner
     from bench.storage import StaleTrialHandler, open_storage
-    from bench.study import (
-        FINISHED_STATES, claim_finalizer, count, ensure_parent_run, open_study, recover_dead_local_trials,
-        release_finalizer, run_worker,
-    )
+    from bench.study import FINISHED_STATES, count, ensure_parent_run, open_study, recover_dead_local_trials, run_worker
     from bench.tracking import Tracker
+    from bench.workers import claim_finalizer, release_finalizer, spawn_workers, strip_flags
     from vae.data import load_data
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -234,10 +205,11 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags
     trials_s = time.monotonic() - t0
     t1 = time.monotonic()
     if not args.no_finalize:
-        complete = count(study, FINISHED_STATES) >= spec.n_trials
+        finished = count(study, FINISHED_STATES)
+        complete = finished >= spec.n_trials
         # more replicate seeds than last time (--replicates) are a new ending to write, for a study that did not grow
         seeds = spec.replicate_seeds if complete and not args.no_baselines else ()
-        claim = claim_finalizer(study, stage="+seeds" + ",".join(map(str, seeds)) if seeds else "")
+        claim = claim_finalizer(study, finished, stage="+seeds" + ",".join(map(str, seeds)) if seeds else "")
         if claim:
             finalize(study, spec, tracker, parent, data, v.device, run_baselines=complete and not args.no_baselines,
                      report_dir=args.report_dir, progress=progress, data_root=v.data_root)

@@ -7,9 +7,7 @@ safely; a database URL gives an RDB storage with heartbeats, so a killed worker'
 from __future__ import annotations
 
 import copy
-import os
 import random
-import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -166,26 +164,3 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     }
     return factories[p.type]()
 
-
-def worker_id() -> str:
-    """host:pid of this process, stored on each trial it runs.
-
-    The host part also names the PID namespace: containers that share the machine's hostname
-    (host networking) each have their own pids, so one must not judge another's pids dead.
-    """
-    try:
-        ns = os.readlink("/proc/self/ns/pid")  # 'pid:[4026531836]'
-        host = f"{socket.gethostname()}/{ns.strip('pid:[]')}"
-    except OSError:  # not Linux
-        host = socket.gethostname()
-    return f"{host}:{os.getpid()}"
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

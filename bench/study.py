@@ -21,8 +21,9 @@ from bench.describe import experiment_note, parent_note
 from bench.errors import BenchError
 from bench.objective import SurplusTrial, TrialRunner
 from bench.spec import StudySpec
-from bench.storage import StaleTrialHandler, make_pruner, make_sampler, pid_alive, worker_id
+from bench.storage import StaleTrialHandler, make_pruner, make_sampler
 from bench.tracking import Tracker, git_commit
+from bench.workers import dead_local_worker
 
 PARENT_ATTR = T.PARENT_ATTR  # re-exported: tests and bench.scale read them from here
 UID_ATTR = T.UID_ATTR
@@ -150,12 +151,10 @@ def recover_dead_local_trials(
     storages also get Optuna's heartbeat-based retry. Their MLflow runs are closed as FAILED,
     and `requeue` (the StaleTrialHandler) queues each again, as a heartbeat timeout would.
     """
-    me_host = worker_id().rsplit(":", 1)[0]
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         w = t.user_attrs.get(T.WORKER_ATTR, "")
-        host, _, pid = w.rpartition(":")
-        if host != me_host or not pid.isdigit() or pid_alive(int(pid)):
+        if not dead_local_worker(w):
             continue
         try:
             study._storage.set_trial_user_attr(t._trial_id, T.FAIL_REASON_ATTR, f"worker {w} died mid-trial")
@@ -225,37 +224,3 @@ def run_worker(
     finished = count(study, FINISHED_STATES)
     return WorkerResult(finished, ran, finished >= spec.n_trials and count(study, ACTIVE_STATES) == 0)
 
-
-def claim_finalizer(study: optuna.Study, settle_s: float = 1.0, stale_s: float = 1800.0, stage: str = "") -> str | None:
-    """The claim key if this worker should write the end-of-study results, else None.
-
-    Workers that finish together each write their id, wait, and read back: the last
-    writer wins. One arriving later finds the claim taken (unless its holder has not
-    marked it done within `stale_s`). A new claim is due when the study has grown, or
-    when `stage` (what the ending includes, e.g. its replicate seeds) is one not done yet.
-    """
-    key = f"finalized_at_{count(study, FINISHED_STATES)}{stage}"
-    held = study.user_attrs.get(key, "")
-    if held.startswith("done") or (held and not _claim_is_stale(held, stale_s)):
-        return None
-    me = f"{worker_id()}:{uuid.uuid4().hex[:8]}@{time.time():.0f}"
-    study.set_user_attr(key, me)
-    time.sleep(settle_s)
-    return key if study.user_attrs.get(key) == me else None
-
-
-def release_finalizer(study: optuna.Study, key: str) -> None:
-    """Mark the end-of-study results written."""
-    study.set_user_attr(key, f"done by {worker_id()}")
-
-
-def _claim_is_stale(held: str, stale_s: float) -> bool:
-    """A claim is stale when its worker, on this host, is gone, or it is older than stale_s."""
-    who, _, stamp = held.rpartition("@")
-    host, pid = (who.rsplit(":", 2) + ["", ""])[:2] if who.count(":") >= 2 else ("", "")
-    if host == worker_id().rsplit(":", 1)[0] and pid.isdigit() and not pid_alive(int(pid)):
-        return True
-    try:
-        return time.time() - float(stamp) > stale_s
-    except ValueError:
-        return True

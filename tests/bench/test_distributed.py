@@ -375,7 +375,7 @@ def start_trial(spec, study, tracker, parent: str, worker: str) -> optuna.trial.
 
 
 def test_only_trials_of_dead_workers_in_this_pid_namespace_are_recovered(local_study):
-    from bench.storage import worker_id
+    from bench.workers import worker_id
     from bench.study import recover_dead_local_trials
 
     spec, study, tracker, parent = local_study
@@ -421,7 +421,8 @@ def test_a_retried_trial_keeps_the_params_but_not_the_dead_workers_run(local_stu
 
 
 def test_a_dead_local_workers_trial_is_queued_again(local_study):
-    from bench.storage import StaleTrialHandler, worker_id
+    from bench.storage import StaleTrialHandler
+    from bench.workers import worker_id
     from bench.study import recover_dead_local_trials
 
     spec, study, tracker, parent = local_study
