@@ -15,49 +15,23 @@ from typing import Iterator
 
 import optuna
 import torch
-from optuna.trial import FixedTrial, TrialState
 from tqdm.auto import tqdm
 
 from bench import tags as T
 from bench.baselines import train_baseline
-from bench.describe import BEST_ALIAS, baseline_note, dataset_inputs, model_name, registered_name
+from bench.describe import BEST_ALIAS, baseline_note, dataset_inputs, model_name, registered_name, run_params, run_tags
 from bench.fd_classifier import load_classifier
-from bench.frontier import pick_by_elbo
 from bench.metrics import OOD_AUROC
 from bench.ood import OOD_TAG, ood_auroc
 from bench.images import image_grids, log_final_grids
 from bench.pool import imap_jobs
-from bench.objective import run_params, run_tags, suggest_configs
 from bench.scores import score_model
 from bench.spec import StudySpec
 from bench.tracking import Tracker
+from bench.trials import best_per_latent, trial_configs
 from vae.data import Datasets
 from vae.model import ModelConfig, build_model
 from vae.train import TrainConfig, load_checkpoint
-
-
-def best_per_latent(study: optuna.Study, spec: StudySpec) -> dict[int, optuna.trial.FrozenTrial]:
-    """The best COMPLETE trial at each latent size, by the study's metric and direction.
-
-    With several objectives (a rate-distortion study) there is no single best: at each latent
-    size the trial compared is the one with the highest ELBO among that size's Pareto front
-    (bench.frontier.pick_by_elbo), the point of the frontier a likelihood model would choose.
-    """
-    by_latent: dict[int, list[optuna.trial.FrozenTrial]] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if T.RUN_ID_ATTR in t.user_attrs:
-            by_latent.setdefault(int(t.params.get("latent_dim", spec.model.latent_dim)), []).append(t)
-    if spec.multi_objective:
-        best = {latent: pick_by_elbo(ts, spec.directions, spec.split) for latent, ts in by_latent.items()}
-    else:
-        sign = 1 if spec.directions[0] == "maximize" else -1
-        best = {latent: max(ts, key=lambda t: (sign * t.value, -t.number)) for latent, ts in by_latent.items()}
-    return dict(sorted(best.items()))
-
-
-def trial_configs(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> tuple[ModelConfig, TrainConfig]:
-    """Rebuild a trial's configs from its parameters, exactly as the objective built them."""
-    return suggest_configs(FixedTrial(trial.params), spec)
 
 
 def _baseline_done(tracker: Tracker, parent_run_id: str, kind: str, vae_run_id: str) -> bool:

@@ -1,7 +1,8 @@
-"""What a person reads in the MLflow UI beside the numbers: descriptions, run names, dataset inputs.
+"""What a person reads in the MLflow UI beside the numbers: descriptions, run names, dataset inputs,
+and the parameters and tags every model's run carries.
 
-The runner, the comparison stage and the summary call these to write the text of the
-experiment, the parent run and every child run (`mlflow.note.content`) and their datasets.
+The objective, the comparison, the replicates and the summary call these to write the text of the
+experiment, the parent run and every child run (`mlflow.note.content`), their datasets, params and tags.
 """
 
 from __future__ import annotations
@@ -11,10 +12,14 @@ import json
 from dataclasses import asdict
 from typing import Any, Mapping
 
+import torch
+
 from bench import tags as T
 from bench.spec import StudySpec
-from bench.tracking import DatasetInfo
+from bench.tracking import DatasetInfo, git_commit
 from vae.data import DATASET_FOLDERS, Datasets
+from vae.model import ModelConfig
+from vae.train import TrainConfig
 
 MODEL_NAMES = {"vae": "VAE", "ae": "autoencoder", "pca": "PCA"}
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
@@ -39,6 +44,33 @@ def dataset_inputs(spec: StudySpec, data: Datasets) -> list[DatasetInfo]:
             targets=targets,
         ))
     return out
+
+
+# parameters that mean something only for some models: the others' runs do not carry them
+ONLY_FOR = {"beta": {"vae"}, "iw_samples": {"vae"}}
+PCA_PARAMS = ("latent_dim", "seed")  # PCA has no network: these and the data define it
+
+
+def run_params(model_cfg: ModelConfig, train_cfg: TrainConfig, spec: StudySpec, kind: str = "vae") -> dict[str, Any]:
+    """The model, training and data parameters that mean something for `kind`, under the same names for all models."""
+    data = {f"data.{k}": v for k, v in asdict(spec.data).items()}
+    params = {**asdict(model_cfg), **asdict(train_cfg), **data, "iw_samples": spec.eval.iw_samples}
+    if kind == "pca":
+        return {k: v for k, v in params.items() if k in PCA_PARAMS or k.startswith("data.")}
+    return {k: v for k, v in params.items() if kind in ONLY_FOR.get(k, {kind})}
+
+
+def run_tags(spec: StudySpec, data: Datasets, device: torch.device, model: str, latent_dim: int) -> dict[str, Any]:
+    return {
+        T.MODEL: model,
+        T.LATENT_DIM: latent_dim,
+        T.STUDY: spec.name,
+        T.GIT_COMMIT: git_commit(),
+        T.DATASET: spec.data.dataset,
+        T.DATASET_DIGEST: data.digest,
+        T.DEVICE: str(device),
+        T.TORCH_VERSION: torch.__version__,
+    }
 
 
 def _fmt(v: Any) -> str:

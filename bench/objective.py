@@ -1,79 +1,32 @@
 """The Optuna objective: a trial becomes configs, a trained VAE, and a tracked MLflow child run.
 
-`suggest_configs(trial, spec)` fills the searched fields into copies of the spec's configs;
-`TrialRunner(...)(trial)` trains, reports each epoch for pruning, evaluates and logs.
+`TrialRunner(...)(trial)` suggests the configs (bench.trials.suggest_configs), trains, reports
+each epoch for pruning, evaluates and logs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 import optuna
 import torch
 
 from bench import tags as T
-from bench.describe import dataset_inputs, model_name, trial_note, trial_run_name
+from bench.describe import dataset_inputs, model_name, run_params, run_tags, trial_note, trial_run_name
 from bench.images import log_epoch_images, log_final_grids
-from bench.spec import MODEL_FIELDS, SearchParam, StudySpec
-from bench.tracking import Tracker, git_commit
+from bench.spec import StudySpec
+from bench.tracking import Tracker
+from bench.trials import suggest_configs
 from bench.workers import worker_id
 from vae.data import Datasets
 from vae.evaluate import encode, final_metrics, manifold_grid
-from vae.model import ModelConfig, build_model
-from vae.train import NonFiniteLossError, TrainConfig, fit, save_checkpoint, seed_everything
-
-SUGGEST: dict[str, Callable[[optuna.Trial, SearchParam], Any]] = {
-    "categorical": lambda t, p: t.suggest_categorical(p.name, list(p.choices)),
-    "int": lambda t, p: t.suggest_int(p.name, p.low, p.high, step=p.step or 1, log=p.log),
-    "float": lambda t, p: t.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log),
-}
-
-
-COVERAGE_ATTR = T.COVERAGE_ATTR  # re-exported for bench.study
-
+from vae.model import build_model
+from vae.train import NonFiniteLossError, fit, save_checkpoint, seed_everything
 
 class SurplusTrial(Exception):
     """Another worker already started the last trial the study needs; this one does not run."""
-
-
-def suggest_configs(trial: optuna.Trial, spec: StudySpec) -> tuple[ModelConfig, TrainConfig]:
-    """Suggest every searched field, then build the configs (never inside a model constructor)."""
-    model_kw: dict[str, Any] = {}
-    train_kw: dict[str, Any] = {}
-    for p in spec.search:
-        (model_kw if p.name in MODEL_FIELDS else train_kw)[p.name] = SUGGEST[p.type](trial, p)
-    return dataclasses.replace(spec.model, **model_kw), dataclasses.replace(spec.train, **train_kw)
-
-
-# parameters that mean something only for some models: the others' runs do not carry them
-ONLY_FOR = {"beta": {"vae"}, "iw_samples": {"vae"}}
-PCA_PARAMS = ("latent_dim", "seed")  # PCA has no network: these and the data define it
-
-
-def run_params(model_cfg: ModelConfig, train_cfg: TrainConfig, spec: StudySpec, kind: str = "vae") -> dict[str, Any]:
-    """The model, training and data parameters that mean something for `kind`, under the same names for all models."""
-    data = {f"data.{k}": v for k, v in asdict(spec.data).items()}
-    params = {**asdict(model_cfg), **asdict(train_cfg), **data, "iw_samples": spec.eval.iw_samples}
-    if kind == "pca":
-        return {k: v for k, v in params.items() if k in PCA_PARAMS or k.startswith("data.")}
-    return {k: v for k, v in params.items() if kind in ONLY_FOR.get(k, {kind})}
-
-
-def run_tags(spec: StudySpec, data: Datasets, device: torch.device, model: str, latent_dim: int) -> dict[str, Any]:
-    return {
-        T.MODEL: model,
-        T.LATENT_DIM: latent_dim,
-        T.STUDY: spec.name,
-        T.GIT_COMMIT: git_commit(),
-        T.DATASET: spec.data.dataset,
-        T.DATASET_DIGEST: data.digest,
-        T.DEVICE: str(device),
-        T.TORCH_VERSION: torch.__version__,
-    }
 
 
 def log_latent_pictures(run, model: torch.nn.Module, data: Datasets) -> None:

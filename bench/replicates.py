@@ -16,16 +16,16 @@ from tqdm.auto import tqdm
 
 from bench import tags as T
 from bench.baselines import train_baseline
-from bench.describe import dataset_inputs
-from bench.compare import best_per_latent, comparison_processes, trial_configs
+from bench.compare import comparison_processes
+from bench.describe import dataset_inputs, run_params, run_tags
 from bench.fd_classifier import FDClassifier, load_classifier
 from bench.pool import imap_jobs
-from bench.objective import run_params, run_tags
 from bench.scores import score_model
 from bench.metrics import OOD_AUROC
 from bench.ood import OOD_TAG, ood_auroc
 from bench.spec import StudySpec
 from bench.tracking import REPLICATE_OF_TAG, REPLICATE_ROLE, REPLICATE_TRIAL_TAG, ROLE_TAG, SEED_TAG, Tracker
+from bench.trials import best_per_latent, trial_configs
 from vae.data import Corruption, Datasets
 from vae.evaluate import final_metrics
 from vae.model import ModelConfig, build_model

@@ -64,7 +64,7 @@ def enqueue_coverage(study: optuna.Study, spec: StudySpec) -> None:
     """Queue one trial per choice of the covered parameter, so every choice is trained in full once.
 
     Only the creating worker calls this, once; the sampler fills in the other parameters,
-    and the objective does not prune these trials (COVERAGE_ATTR).
+    and the objective does not prune these trials (tags.COVERAGE_ATTR).
     """
     for params in spec.coverage_trials:
         study.enqueue_trial(params, user_attrs={T.COVERAGE_ATTR: True})

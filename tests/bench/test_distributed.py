@@ -290,7 +290,7 @@ def test_workers_opening_an_empty_database_together_all_get_the_storage(new_db):
 
 def test_a_joining_worker_does_not_propose_the_creators_configurations(tmp_path):
     """Two workers seeded alike would train the same first configurations twice."""
-    from bench.objective import suggest_configs
+    from bench.trials import suggest_configs
     from bench.spec import load_spec
     from bench.study import open_study
 
@@ -364,7 +364,7 @@ def local_study(tmp_path, sqlite_store):
 
 def start_trial(spec, study, tracker, parent: str, worker: str) -> optuna.trial.Trial:
     """A RUNNING trial as a worker leaves it mid-training: its params, its worker, an open MLflow run."""
-    from bench.objective import suggest_configs
+    from bench.trials import suggest_configs
 
     trial = study.ask()
     suggest_configs(trial, spec)
