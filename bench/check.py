@@ -77,8 +77,9 @@ def measure_and_log(spec, seeds: list[int], root: str, uri: str, workers: int | 
     """Train every seed (in parallel processes), log one child run per (model, seed) under a gate run."""
     from tqdm.auto import tqdm
 
-    from bench.gate import default_workers, measure
+    from bench.gate import measure
     from bench import tags as T
+    from bench.pool import pool_size
     from bench.tracking import Tracker
 
     tracker = Tracker(uri, spec.name)
@@ -98,7 +99,7 @@ def measure_and_log(spec, seeds: list[int], root: str, uri: str, workers: int | 
         bar.update(1)
 
     try:
-        results = measure(spec, seeds, root, workers or default_workers(len(seeds)), on_seed=log_seed)
+        results = measure(spec, seeds, root, workers or pool_size(len(seeds)), on_seed=log_seed)
     except BaseException:
         tracker.set_status(parent, "FAILED")
         raise

@@ -7,7 +7,6 @@ logged for the same VAE run is skipped.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from bench.fd_classifier import load_classifier
 from bench.metrics import OOD_AUROC
 from bench.ood import OOD_TAG, ood_auroc
 from bench.images import image_grids, log_final_grids
-from bench.pool import imap_jobs
+from bench.pool import imap_jobs, pool_size
 from bench.scores import score_model
 from bench.spec import StudySpec
 from bench.tracking import Tracker
@@ -121,21 +120,14 @@ def _run_job(job: Job) -> JobResult:
     return JobResult(job, scores, history, steps, steps[max(steps)], state)
 
 
-def comparison_processes(n_jobs: int, device: torch.device, cpus: int | None = None) -> int:
-    """Processes for the comparison: one single-thread process per CPU core (at most one per job) on a CPU;
-    1 (this process) on a GPU or a one-core machine."""
-    cpus = cpus or os.cpu_count() or 1
-    return 1 if device.type != "cpu" else max(1, min(cpus, n_jobs))
-
-
 def compute_jobs(
     jobs: list[Job], data: Datasets, classifier, device: torch.device, fd_samples: int, processes: int | None = None,
     ood: OODScoring | None = None,
 ) -> Iterator[JobResult]:
     """Each job's result, longest jobs first, as they finish: in `processes` single-thread processes
-    (default: comparison_processes), or in this process with its threads when that is 1."""
+    (default: bench.pool.pool_size), or in this process with its threads when that is 1."""
     jobs = sorted(jobs, key=lambda j: -j.cost)
-    n_proc = processes or comparison_processes(len(jobs), device)
+    n_proc = processes or pool_size(len(jobs), device)
     init = (data, classifier, str(device), fd_samples, ood)
     yield from imap_jobs(_run_job, jobs, _init_worker, init, n_proc, _CTX.clear)
 
@@ -154,7 +146,7 @@ def run_comparison(
     """Score the best VAE at each latent size and train/score its baselines; returns runs written.
 
     The models are independent: on a CPU they are computed by `processes` single-thread processes
-    (default: comparison_processes), longest first, and this process logs each result as it comes.
+    (default: bench.pool.pool_size), longest first, and this process logs each result as it comes.
     Every model is computed from its own seed, so the results do not depend on the process count
     (beyond float rounding, which differs with the thread count).
     `ood_x`: the [eval] ood_dataset's test images (bench.ood.load_ood_images); each compared

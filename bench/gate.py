@@ -7,7 +7,6 @@ models; seeds run in parallel single-thread processes, so a seed's numbers never
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
 
@@ -83,11 +82,6 @@ def _init_worker(spec: StudySpec, data_root: str, threads: int) -> None:
 
 def _run_seed(seed: int) -> SeedResult:
     return seed_metrics(_WORKER["spec"], seed, _WORKER["data"])  # type: ignore[arg-type]
-
-
-def default_workers(n_seeds: int) -> int:
-    """One single-thread process per core, at most one per seed."""
-    return max(1, min(os.cpu_count() or 1, n_seeds))
 
 
 def measure(spec: StudySpec, seeds: list[int], data_root: str, workers: int, on_seed=None) -> list[SeedResult]:

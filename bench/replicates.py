@@ -16,10 +16,9 @@ from tqdm.auto import tqdm
 
 from bench import tags as T
 from bench.baselines import train_baseline
-from bench.compare import comparison_processes
 from bench.describe import dataset_inputs, run_params, run_tags
 from bench.fd_classifier import FDClassifier, load_classifier
-from bench.pool import imap_jobs
+from bench.pool import imap_jobs, pool_size
 from bench.scores import score_model
 from bench.metrics import OOD_AUROC
 from bench.ood import OOD_TAG, ood_auroc
@@ -114,7 +113,7 @@ def run_replicates(
     """Train and score every replicate not yet FINISHED under the parent; returns the runs written.
 
     The replicates are independent: on a CPU they are computed by `processes` single-thread
-    processes (default: one per core, bench.compare.comparison_processes), this process logging
+    processes (default: one per core, bench.pool.pool_size), this process logging
     each as it comes; every one depends only on its seed, so the process count changes nothing
     but float rounding. `ood_x`: the [eval] ood_dataset's test images; each replicate then also
     gets test/ood_auroc.
@@ -129,7 +128,7 @@ def run_replicates(
         return 0
     classifier = load_classifier(data)  # trained and cached here, once, before any process needs it
     jobs = [ReplicateJob(rep, *trial_configs(best[rep.latent_dim], spec)) for rep in todo]
-    n_proc = processes or comparison_processes(len(jobs), device)
+    n_proc = processes or pool_size(len(jobs), device)
     bar = tqdm(total=len(jobs), desc="replicates", unit="run", disable=not progress)
     try:
         for job, history, scores in _compute(jobs, spec, data, classifier, device, ood_x, n_proc):

@@ -75,9 +75,9 @@ def auto_workers(n_trials: int, device_type: str, cpus: int | None = None) -> in
     (BENCHMARKS.md): these models are too small for one step to keep two cores busy. On a GPU the
     workers would share one device, which is not measured yet: 1.
     """
-    if device_type != "cpu":
-        return 1
-    return max(1, min(cpus or os.cpu_count() or 1, n_trials, 64))
+    from bench.pool import pool_size  # imported here: it imports torch, and --help stays fast
+
+    return min(pool_size(n_trials, device_type, cpus), 64)
 
 
 @dataclass

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from bench.metrics import COMPARED
-from bench.compare import Job, comparison_processes, compute_jobs
+from bench.compare import Job, compute_jobs
 from bench.fd_classifier import FDClassifier, FeatureMLP
+from bench.pool import pool_size
 from vae.model import ModelConfig, build_model
 from vae.train import TrainConfig, fit, save_checkpoint, seed_everything
 
@@ -59,7 +60,7 @@ def test_two_processes_compute_what_one_computes(data, jobs, classifier, one_tor
 
 def test_process_count_follows_the_cores_and_the_device():
     cpu = torch.device("cpu")
-    assert comparison_processes(18, cpu, cpus=2) == 2
-    assert comparison_processes(1, cpu, cpus=2) == 1
-    assert comparison_processes(18, cpu, cpus=1) == 1
-    assert comparison_processes(18, torch.device("cuda"), cpus=16) == 1
+    assert pool_size(18, cpu, cpus=2) == 2
+    assert pool_size(1, cpu, cpus=2) == 1
+    assert pool_size(18, cpu, cpus=1) == 1
+    assert pool_size(18, torch.device("cuda"), cpus=16) == 1
