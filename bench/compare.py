@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import optuna
 import torch
 from tqdm.auto import tqdm
 
@@ -20,8 +19,8 @@ from bench import tags as T
 from bench.baselines import train_baseline
 from bench.describe import BEST_ALIAS, baseline_note, dataset_inputs, model_name, registered_name, run_params, run_tags
 from bench.fd_classifier import load_classifier
-from bench.metrics import OOD_AUROC
-from bench.ood import OOD_TAG, ood_auroc
+from bench.context import StudyContext
+from bench.ood import OOD_TAG, OODScoring, ood_scores
 from bench.images import image_grids, log_final_grids
 from bench.pool import imap_jobs, pool_size
 from bench.scores import score_model
@@ -64,15 +63,6 @@ class JobResult:
     state: dict[str, torch.Tensor] | None = None  # the autoencoder's weights, for its logged model
 
 
-@dataclass(frozen=True)
-class OODScoring:
-    """The OOD images and how test/ood_auroc is computed on them (bench.ood)."""
-
-    x: torch.Tensor  # the other dataset's test images
-    iw_samples: int
-    iw_images: int | None
-
-
 # what a pool process holds for all its jobs: set once by _init_worker, never sent per job
 _CTX: dict[str, object] = {}
 
@@ -82,21 +72,14 @@ def _init_worker(data: Datasets, classifier, device: str, fd_samples: int, ood: 
     _CTX.update(data=data, classifier=classifier, device=torch.device(device), fd_samples=fd_samples, ood=ood)
 
 
-def _ood_scores(model, kind: str, seed: int) -> dict[str, float]:
-    ood = _CTX.get("ood")
-    if ood is None:
-        return {}
-    return {OOD_AUROC: ood_auroc(model, kind, _CTX["data"].test.x, ood.x, ood.iw_samples, ood.iw_images, seed=seed)}
-
-
 def _run_job(job: Job) -> JobResult:
     """The computing part of one comparison step; everything MLflow sees comes back in the result."""
-    data, classifier, device = _CTX["data"], _CTX["classifier"], _CTX["device"]
+    data, classifier, device, ood = _CTX["data"], _CTX["classifier"], _CTX["device"], _CTX["ood"]
     seed = job.train_cfg.seed
     kw = dict(classifier=classifier, n_fd_samples=_CTX["fd_samples"], seed=seed)
     if job.kind == "vae":
         model, _ = load_checkpoint(job.checkpoint, device)
-        return JobResult(job, score_model(model, data, kind="vae", **kw) | _ood_scores(model, "vae", seed), [], {}, {})
+        return JobResult(job, score_model(model, data, kind="vae", **kw) | ood_scores(model, "vae", data.test.x, ood, seed), [], {}, {})
     history: list[dict[str, float]] = []
     steps: dict[int, dict[str, torch.Tensor]] = {}
     built: list[torch.nn.Module] = []
@@ -115,7 +98,7 @@ def _run_job(job: Job) -> JobResult:
     if job.kind == "pca":  # fitted once: the same pictures at every step the networks have
         grids = image_grids(job.kind, model, data, seed)
         steps = {step: grids for step in range(0, job.train_cfg.epochs + 1)}
-    scores = score_model(model, data, kind=job.kind, **kw) | _ood_scores(model, job.kind, seed)
+    scores = score_model(model, data, kind=job.kind, **kw) | ood_scores(model, job.kind, data.test.x, ood, seed)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()} if job.kind == "ae" else None
     return JobResult(job, scores, history, steps, steps[max(steps)], state)
 
@@ -132,30 +115,21 @@ def compute_jobs(
     yield from imap_jobs(_run_job, jobs, _init_worker, init, n_proc, _CTX.clear)
 
 
-def run_comparison(
-    study: optuna.Study,
-    spec: StudySpec,
-    tracker: Tracker,
-    parent_run_id: str,
-    data: Datasets,
-    device: torch.device,
-    progress: bool = True,
-    processes: int | None = None,
-    ood_x: torch.Tensor | None = None,
-) -> int:
+def run_comparison(ctx: StudyContext, processes: int | None = None, ood: OODScoring | None = None) -> int:
     """Score the best VAE at each latent size and train/score its baselines; returns runs written.
 
     The models are independent: on a CPU they are computed by `processes` single-thread processes
     (default: bench.pool.pool_size), longest first, and this process logs each result as it comes.
     Every model is computed from its own seed, so the results do not depend on the process count
     (beyond float rounding, which differs with the thread count).
-    `ood_x`: the [eval] ood_dataset's test images (bench.ood.load_ood_images); each compared
+    `ood`: the [eval] ood_dataset's test images (bench.ood.load_ood_scoring); each compared
     model then also gets test/ood_auroc and the tag ood_dataset.
     """
-    best = best_per_latent(study, spec)
+    spec, tracker, data = ctx.spec, ctx.tracker, ctx.data
+    best = best_per_latent(ctx.study, spec)
     if not best:
         return 0
-    _untag_superseded(tracker, parent_run_id, {t.user_attrs[T.RUN_ID_ATTR] for t in best.values()})
+    _untag_superseded(tracker, ctx.parent_run_id, {t.user_attrs[T.RUN_ID_ATTR] for t in best.values()})
     classifier = load_classifier(data)  # trained and cached here, once, before any process needs it
     with tempfile.TemporaryDirectory(prefix="vaebench-") as tmp:
         jobs = []
@@ -169,24 +143,23 @@ def run_comparison(
                     (Path(tmp) / vae_run).mkdir()
                     ckpt = str(tracker.download(vae_run, "checkpoint/model.pt", Path(tmp) / vae_run))
                     jobs.append(Job(latent, kind, vae_run, model_cfg, train_cfg, ckpt))
-                elif not _baseline_done(tracker, parent_run_id, kind, vae_run):
+                elif not _baseline_done(tracker, ctx.parent_run_id, kind, vae_run):
                     jobs.append(Job(latent, kind, vae_run, model_cfg, train_cfg))
-        bar = tqdm(total=len(jobs), desc="baselines", unit="model", disable=not progress)
+        bar = tqdm(total=len(jobs), desc="baselines", unit="model", disable=not ctx.progress)
         try:
-            ood = None if ood_x is None else OODScoring(ood_x, spec.eval.iw_samples, spec.eval.iw_images)
-            ood_tags = {} if ood_x is None else {OOD_TAG: spec.eval.ood_dataset}
-            for r in compute_jobs(jobs, data, classifier, device, spec.baselines.fd_samples, processes, ood):
-                _log_result(r, spec, tracker, parent_run_id, data, device, ood_tags)
+            ood_tags = {} if ood is None else {OOD_TAG: ood.dataset}
+            for r in compute_jobs(jobs, data, classifier, ctx.device, spec.baselines.fd_samples, processes, ood):
+                _log_result(r, ctx, ood_tags)
                 bar.update()
         finally:
             bar.close()
     return len(jobs)
 
 
-def _log_result(r: JobResult, spec, tracker: Tracker, parent_run_id: str, data: Datasets, device, ood_tags: dict) -> None:
+def _log_result(r: JobResult, ctx: StudyContext, ood_tags: dict) -> None:
     """One comparison step's MLflow records: the VAE run's scores (and its registration), or a baseline
     child run with its epochs' metrics and images, its scores, grids and (AE) model."""
-    job = r.job
+    spec, tracker, job = ctx.spec, ctx.tracker, r.job
     latent = job.model_cfg.latent_dim
     if job.kind == "vae":
         tracker.log_metrics(job.vae_run, r.scores)
@@ -196,10 +169,10 @@ def _log_result(r: JobResult, spec, tracker: Tracker, parent_run_id: str, data: 
     vae_name = f"trial-{int(tracker.tags_of(job.vae_run).get(T.TRIAL_NUMBER, -1)):03d}"
     tags = {T.ROLE: "baseline", T.VAE_RUN_ID: job.vae_run, T.COMPARED: "true",
             T.NOTE: baseline_note(job.kind, latent, job.vae_run, vae_name),
-            **run_tags(spec, data, device, job.kind, latent), **ood_tags}
+            **run_tags(spec, ctx.data, ctx.device, job.kind, latent), **ood_tags}
     params = run_params(job.model_cfg, job.train_cfg, spec, job.kind)
-    with tracker.child_run(parent_run_id, f"{job.kind}-latent{latent}", params, tags) as run:
-        run.log_datasets(dataset_inputs(spec, data))
+    with tracker.child_run(ctx.parent_run_id, f"{job.kind}-latent{latent}", params, tags) as run:
+        run.log_datasets(dataset_inputs(spec, ctx.data))
         for epoch, m in enumerate(r.history, start=1):
             run.log_metrics(m, step=epoch)
         for step, grids in sorted(r.step_images.items()):  # VAE and AE at their epochs, PCA at the same steps
@@ -232,6 +205,3 @@ def _untag_superseded(tracker: Tracker, parent_run_id: str, keep: set[str]) -> N
         if owner not in keep:
             tracker.set_tags(r.info.run_id, {T.COMPARED: "false"})
 
-
-def report_dir(spec: StudySpec, given: str | None) -> Path:
-    return Path(given or f"reports/{spec.name}")

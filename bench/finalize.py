@@ -1,56 +1,44 @@
 """The end of a study: the parent run's summary, then baselines, seed replicates, the paper-protocol NLL and the report.
 
-Called by whichever worker sees the study complete; every step is safe to repeat.
+Called by whichever worker sees the study complete, with its bench.context.StudyContext; every step is safe to repeat.
 """
 
 from __future__ import annotations
 
-import optuna
-import torch
-
-from bench.spec import StudySpec
+from bench.context import StudyContext
 from bench.summary import summarize
-from bench.tracking import Tracker
-from vae.data import Datasets
 
 
-def finalize(
-    study: optuna.Study,
-    spec: StudySpec,
-    tracker: Tracker,
-    parent_run_id: str,
-    data: Datasets,
-    device: torch.device,
-    run_baselines: bool,
-    report_dir: str | None,
-    progress: bool,
-    data_root: str | None = None,
-) -> None:
-    summarize(study, spec, tracker, parent_run_id)
+def finalize(ctx: StudyContext, run_baselines: bool, report_dir: str | None) -> None:
+    summarize(ctx)
     if not run_baselines:
         return
+    spec = ctx.spec
     compare = bool(spec.baselines.models or spec.replicate_seeds)
     if compare:
         from bench.compare import run_comparison
-        from bench.ood import load_ood_images
+        from bench.ood import load_ood_scoring
         from bench.replicates import run_replicates
 
-        ood_x = load_ood_images(spec, data_root)  # None unless the study names [eval] ood_dataset
-        run_comparison(study, spec, tracker, parent_run_id, data, device, progress, ood_x=ood_x)
-        run_replicates(study, spec, tracker, parent_run_id, data, device, progress, ood_x=ood_x)
+        ood = load_ood_scoring(spec, ctx.data_root)  # None unless the study names [eval] ood_dataset
+        run_comparison(ctx, ood=ood)
+        run_replicates(ctx, ood=ood)
     if spec.eval.paper_protocol:
         from bench.paper import score_paper_protocol
 
-        score_paper_protocol(study, spec, tracker, data, device)
-    if not compare:
-        return
-    from bench.compare import report_dir as default_dir
+        score_paper_protocol(ctx)
+    if compare:
+        write_report(ctx, report_dir)
+
+
+def write_report(ctx: StudyContext, report_dir: str | None) -> None:
+    """The comparison report, in `report_dir` (default reports/<study>) and on the parent run, printed."""
     from bench.describe import parent_note
-    from bench.report import make_report
+    from bench.report import make_report, report_folder
     from bench.summary import best_trial
 
-    out = default_dir(spec, report_dir)
-    report = make_report(tracker, spec.name, parent_run_id, out)
-    tracker.set_note(parent_run_id, parent_note(spec, best_trial(study, spec), str(out)))
+    out = report_folder(ctx.spec.name, report_dir)
+    report = make_report(ctx.tracker, ctx.spec.name, ctx.parent_run_id, out)
+    ctx.tracker.set_note(ctx.parent_run_id, parent_note(ctx.spec, best_trial(ctx.study, ctx.spec), str(out)))
     print("\n" + report.printed())  # the table is the result: printed with or without progress bars
     print(f"report: {out}/comparison.md")

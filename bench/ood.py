@@ -1,12 +1,14 @@
 """Out-of-distribution check: does a model find another dataset's images less likely than its own?
 
-`load_ood_images(spec, root)` reads the other dataset's test images, prepared like the study's;
-`ood_auroc(model, kind, in_x, ood_x, ...)` is the AUROC logged as test/ood_auroc by bench.compare.
+`load_ood_scoring(spec, root)` reads the other dataset's test images, prepared like the study's;
+`ood_scores(model, kind, in_x, ood, seed)` is the test/ood_auroc that bench.compare and
+bench.replicates log (`ood_auroc(model, kind, in_x, ood_x, ...)` computes it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,11 +16,22 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from bench.errors import BenchError
+from bench.metrics import OOD_AUROC
 from vae.data import DataError, check_data, load_data
 from vae.evaluate import iwae_nll_per_image, map_batches
 from vae.loss import bernoulli_nll
 
 OOD_TAG = "ood_dataset"  # tag on each compared run: the dataset its test/ood_auroc scored as OOD
+
+
+@dataclass(frozen=True)
+class OODScoring:
+    """The OOD images and how test/ood_auroc is computed on them."""
+
+    dataset: str  # the study's [eval] ood_dataset, the value of OOD_TAG
+    x: torch.Tensor  # its test images (N, 784)
+    iw_samples: int
+    iw_images: int | None
 
 
 def check_ood_data(spec, root) -> None:
@@ -43,6 +56,14 @@ def load_ood_images(spec, root) -> torch.Tensor | None:
         return None
     cfg = dataclasses.replace(spec.data, dataset=name, val_size=0, limit=1)
     return load_data(cfg, root, download=False).test.x
+
+
+def load_ood_scoring(spec, root) -> OODScoring | None:
+    """The OOD images of the study and its [eval] settings, or None when it names no OOD dataset."""
+    x = load_ood_images(spec, root)
+    if x is None:
+        return None
+    return OODScoring(spec.eval.ood_dataset, x, spec.eval.iw_samples, spec.eval.iw_images)
 
 
 @torch.no_grad()
@@ -77,3 +98,10 @@ def ood_auroc(
     """
     in_x, ood_x = in_x[:n], ood_x[:n]
     return auroc(novelty_scores(model, kind, in_x, iw_samples, seed), novelty_scores(model, kind, ood_x, iw_samples, seed))
+
+
+def ood_scores(model: nn.Module, kind: str, in_x: torch.Tensor, ood: OODScoring | None, seed: int) -> dict[str, float]:
+    """{test/ood_auroc: ...} of the model against the study's OOD images, or {} when there are none."""
+    if ood is None:
+        return {}
+    return {OOD_AUROC: ood_auroc(model, kind, in_x, ood.x, ood.iw_samples, ood.iw_images, seed=seed)}

@@ -1,6 +1,6 @@
 """The literature's test NLL: the study's best VAE scored with IWAE k = 5000 on the full test set (Burda et al. 2015).
 
-`score_paper_protocol(study, spec, tracker, data, device)` logs test/nll_iw_k5000 and its standard
+`score_paper_protocol(ctx)` (a bench.context.StudyContext) logs test/nll_iw_k5000 and its standard
 error on the best trial's run when the study sets `[eval] paper_protocol = true`; done once per run.
 """
 
@@ -9,13 +9,11 @@ from __future__ import annotations
 import tempfile
 import time
 
-import optuna
 import torch
 from torch import nn
 
+from bench.context import StudyContext
 from bench.summary import best_trial
-from bench.tracking import Tracker
-from vae.data import Datasets
 from vae.evaluate import iwae_nll_per_image, mean_and_se
 from vae.train import load_checkpoint
 
@@ -34,21 +32,20 @@ def paper_nll(model: nn.Module, x: torch.Tensor, seed: int = 0, k: int = PAPER_I
     return {PAPER_KEYS[0]: nll, PAPER_KEYS[1]: se}
 
 
-def score_paper_protocol(
-    study: optuna.Study, spec, tracker: Tracker, data: Datasets, device: torch.device, k: int = PAPER_IW_SAMPLES
-) -> dict[str, float] | None:
-    """Score the study's best VAE with the paper's protocol on all of data.test unless its run already
+def score_paper_protocol(ctx: StudyContext, k: int = PAPER_IW_SAMPLES) -> dict[str, float] | None:
+    """Score the study's best VAE with the paper's protocol on all of ctx.data.test unless its run already
     has the metric; returns what was logged (None when nothing was). `k` other than 5000 is for tests."""
-    best = best_trial(study, spec)
+    tracker = ctx.tracker
+    best = best_trial(ctx.study, ctx.spec)
     if best is None or "mlflow_run_id" not in best.user_attrs:
         return None
     run_id = best.user_attrs["mlflow_run_id"]
     if PAPER_KEYS[0] in tracker.metrics_of(run_id):
         return None
     with tempfile.TemporaryDirectory(prefix="vaebench-") as tmp:
-        model, train_cfg = load_checkpoint(tracker.download(run_id, "checkpoint/model.pt", tmp), device)
+        model, train_cfg = load_checkpoint(tracker.download(run_id, "checkpoint/model.pt", tmp), ctx.device)
     t0 = time.perf_counter()
-    scores = paper_nll(model, data.test.x, seed=train_cfg.seed, k=k)
+    scores = paper_nll(model, ctx.data.test.x, seed=train_cfg.seed, k=k)
     tracker.log_metrics(run_id, scores)
     tracker.set_tags(run_id, {PAPER_SECONDS_TAG: f"{time.perf_counter() - t0:.0f}"})
     return scores

@@ -1,6 +1,6 @@
 """Seed replicates: each compared configuration trained again with other seeds and scored like the compared runs.
 
-`run_replicates(study, spec, tracker, parent_run_id, data, device)` runs after the comparison; every
+`run_replicates(ctx)` (a bench.context.StudyContext) runs after the comparison; every
 replicate is its own nested MLflow run (role `replicate`), and a finished one is never trained again.
 """
 
@@ -16,12 +16,13 @@ from tqdm.auto import tqdm
 
 from bench import tags as T
 from bench.baselines import train_baseline
+from bench.context import StudyContext
 from bench.describe import dataset_inputs, run_params, run_tags
 from bench.fd_classifier import FDClassifier, load_classifier
 from bench.pool import imap_jobs, pool_size
 from bench.scores import score_model
 from bench.metrics import OOD_AUROC
-from bench.ood import OOD_TAG, ood_auroc
+from bench.ood import OOD_TAG, OODScoring, ood_scores
 from bench.spec import StudySpec
 from bench.tracking import REPLICATE_OF_TAG, REPLICATE_ROLE, REPLICATE_TRIAL_TAG, ROLE_TAG, SEED_TAG, Tracker
 from bench.trials import best_per_latent, trial_configs
@@ -99,40 +100,31 @@ def finished_replicates(tracker: Tracker, parent_run_id: str) -> set[tuple[str, 
     }
 
 
-def run_replicates(
-    study: optuna.Study,
-    spec: StudySpec,
-    tracker: Tracker,
-    parent_run_id: str,
-    data: Datasets,
-    device: torch.device,
-    progress: bool = True,
-    ood_x: torch.Tensor | None = None,
-    processes: int | None = None,
-) -> int:
+def run_replicates(ctx: StudyContext, ood: OODScoring | None = None, processes: int | None = None) -> int:
     """Train and score every replicate not yet FINISHED under the parent; returns the runs written.
 
     The replicates are independent: on a CPU they are computed by `processes` single-thread
     processes (default: one per core, bench.pool.pool_size), this process logging
     each as it comes; every one depends only on its seed, so the process count changes nothing
-    but float rounding. `ood_x`: the [eval] ood_dataset's test images; each replicate then also
-    gets test/ood_auroc.
+    but float rounding. `ood`: the [eval] ood_dataset's test images (bench.ood.load_ood_scoring);
+    each replicate then also gets test/ood_auroc.
     """
-    best = best_per_latent(study, spec)
+    spec = ctx.spec
+    best = best_per_latent(ctx.study, spec)
     todo = plan(best, spec)
     if not todo:
         return 0
-    done = finished_replicates(tracker, parent_run_id)
+    done = finished_replicates(ctx.tracker, ctx.parent_run_id)
     todo = [r for r in todo if r.key not in done]
     if not todo:
         return 0
-    classifier = load_classifier(data)  # trained and cached here, once, before any process needs it
+    classifier = load_classifier(ctx.data)  # trained and cached here, once, before any process needs it
     jobs = [ReplicateJob(rep, *trial_configs(best[rep.latent_dim], spec)) for rep in todo]
-    n_proc = processes or pool_size(len(jobs), device)
-    bar = tqdm(total=len(jobs), desc="replicates", unit="run", disable=not progress)
+    n_proc = processes or pool_size(len(jobs), ctx.device)
+    bar = tqdm(total=len(jobs), desc="replicates", unit="run", disable=not ctx.progress)
     try:
-        for job, history, scores in _compute(jobs, spec, data, classifier, device, ood_x, n_proc):
-            _log_replicate(job, history, scores, spec, tracker, parent_run_id, data, device)
+        for job, history, scores in _compute(jobs, spec, ctx.data, classifier, ctx.device, ood, n_proc):
+            _log_replicate(job, history, scores, ctx)
             bar.update()
     finally:
         bar.close()
@@ -154,9 +146,9 @@ class ReplicateJob:
 _CTX: dict[str, object] = {}  # what a pool process holds for all its jobs, set once by _init_worker
 
 
-def _init_worker(spec, data, classifier, device: str, ood_x, threads: int) -> None:
+def _init_worker(spec, data, classifier, device: str, ood: OODScoring | None, threads: int) -> None:
     torch.set_num_threads(threads)
-    _CTX.update(spec=spec, data=data, classifier=classifier, device=torch.device(device), ood_x=ood_x)
+    _CTX.update(spec=spec, data=data, classifier=classifier, device=torch.device(device), ood=ood)
 
 
 def _run_job(job: ReplicateJob) -> tuple[ReplicateJob, list[dict[str, float]], dict[str, float]]:
@@ -164,32 +156,30 @@ def _run_job(job: ReplicateJob) -> tuple[ReplicateJob, list[dict[str, float]], d
     spec, data, rep = _CTX["spec"], _CTX["data"], job.rep
     model, history = train_replicate(rep.kind, job.model_cfg, job.train_cfg, rep.seed, data, _CTX["device"])
     scores = replicate_scores(rep.kind, model, data, spec, _CTX["classifier"], rep.seed)
-    if _CTX["ood_x"] is not None:
-        e = spec.eval
-        scores[OOD_AUROC] = ood_auroc(model, rep.kind, data.test.x, _CTX["ood_x"], e.iw_samples, e.iw_images, seed=rep.seed)
+    scores |= ood_scores(model, rep.kind, data.test.x, _CTX["ood"], rep.seed)
     return job, history, scores
 
 
-def _compute(jobs, spec, data, classifier, device, ood_x, processes: int):
+def _compute(jobs, spec, data, classifier, device, ood: OODScoring | None, processes: int):
     """Each job's result as it finishes, seed by seed and longest first within a seed (an interrupted
     run leaves whole seeds done): in `processes` single-thread processes, or here with every thread."""
     jobs = sorted(jobs, key=lambda j: (j.rep.seed, -j.cost))
-    init = (spec, data, classifier, str(device), ood_x)
+    init = (spec, data, classifier, str(device), ood)
     yield from imap_jobs(_run_job, jobs, _init_worker, init, processes, _CTX.clear)
 
 
-def _log_replicate(job: ReplicateJob, history, scores, spec, tracker: Tracker, parent_run_id: str, data, device) -> None:
-    rep, model_cfg, train_cfg = job.rep, job.model_cfg, job.train_cfg
+def _log_replicate(job: ReplicateJob, history, scores, ctx: StudyContext) -> None:
+    spec, rep, model_cfg, train_cfg = ctx.spec, job.rep, job.model_cfg, job.train_cfg
     params = run_params(model_cfg, dataclasses.replace(train_cfg, seed=rep.seed), spec, rep.kind)
     note = (f"Seed replicate of the {rep.kind} compared at latent size {rep.latent_dim}: the configuration of "
             f"trial {rep.of_trial} (run {rep.of_run}) trained again with seed {rep.seed}; every random draw of its "
             "scoring comes from that seed too. The report's intervals and verdicts are made from these runs.")
     tags = {ROLE_TAG: REPLICATE_ROLE, SEED_TAG: rep.seed, REPLICATE_OF_TAG: rep.of_run,
-            REPLICATE_TRIAL_TAG: rep.of_trial, T.NOTE: note, **run_tags(spec, data, device, rep.kind, rep.latent_dim)}
+            REPLICATE_TRIAL_TAG: rep.of_trial, T.NOTE: note, **run_tags(spec, ctx.data, ctx.device, rep.kind, rep.latent_dim)}
     if OOD_AUROC in scores:
         tags[OOD_TAG] = spec.eval.ood_dataset
-    with tracker.child_run(parent_run_id, rep.name, params, tags) as run:
-        run.log_datasets(dataset_inputs(spec, data))
+    with ctx.tracker.child_run(ctx.parent_run_id, rep.name, params, tags) as run:
+        run.log_datasets(dataset_inputs(spec, ctx.data))
         for epoch, metrics in enumerate(history, start=1):
             run.log_metrics(metrics, step=epoch)
         run.log_metrics(scores)

@@ -351,6 +351,11 @@ def child_runs(tracker, parent_run_id: str) -> pd.DataFrame:
     return tracker.runs_frame(parent_run_id)
 
 
+def report_folder(study: str, given: str | None = None) -> Path:
+    """Where a study's report is written: `given`, else reports/<study> in the working directory."""
+    return Path(given or f"reports/{study}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.report",
@@ -376,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parent = args.parent_run or tracker.latest_parent()
     if parent is None:
         raise BenchError(f"experiment {args.study!r} has no study run")
-    out = Path(args.out or f"reports/{args.study}")
+    out = report_folder(args.study, args.out)
     report = make_report(tracker, args.study, parent, out, log=not args.no_log)
     print(report.printed())
     print(f"\nreport written to {out}/comparison.md" + ("" if args.no_log else f" and logged to run {parent}"))

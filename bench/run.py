@@ -14,8 +14,16 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bench.errors import BenchError, HelpFormatter, cli_main
+
+if TYPE_CHECKING:  # at run time these are imported where used, so --help stays fast (no torch)
+    import torch
+
+    from bench.context import StudyContext
+    from bench.spec import StudySpec
+    from bench.storage import StorageTarget
 
 DEFAULT_STUDY = "latent"
 
@@ -80,15 +88,17 @@ def auto_workers(n_trials: int, device_type: str, cpus: int | None = None) -> in
     return min(pool_size(n_trials, device_type, cpus), 64)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Validated:
-    spec: object
-    device: object
+    """The command line checked and resolved, before anything is written."""
+
+    spec: StudySpec  # the study file with the command line's overrides
+    device: torch.device
     tracking_uri: str
-    storage: object
-    data_root: str
-    threads: int
-    workers: int = 1
+    storage: StorageTarget
+    data_root: str  # the folder with the dataset's files
+    threads: int  # torch threads per worker
+    workers: int = 1  # local worker processes, this one included
 
 
 def validate(args: argparse.Namespace) -> Validated:
@@ -131,15 +141,12 @@ def _raise_interrupt(signum, frame):  # SIGTERM ends the current trial like Ctrl
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
     """What one worker's run of a study left behind."""
 
     rc: int  # 0 done, 130 interrupted
-    spec: object
-    study: object
-    tracker: object
-    parent_run_id: str
+    ctx: StudyContext  # the study, its tracking and data, as every stage saw them
     ran: int  # trials this process ran
     seconds: float  # wall time of this process's trials
     finalize_seconds: float = 0.0  # wall time of the summary, baselines and report, when this process wrote them
@@ -150,6 +157,7 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags
     import optuna
     import torch
 
+    from bench.context import StudyContext
     from bench.finalize import finalize
     from bench.objective import TrialRunner
     from bench.storage import StaleTrialHandler, open_storage
@@ -175,6 +183,7 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags
     parent = ensure_parent_run(study, created, spec, tracker)
     if parent_tags:
         tracker.set_tags(parent, parent_tags)
+    ctx = StudyContext(study, spec, tracker, parent, data, v.device, v.data_root, progress)
     recovered = recover_dead_local_trials(study, tracker, stale)
     if recovered:
         print(f"marked trials {recovered} as failed and queued them again: their worker process is gone", file=sys.stderr)
@@ -200,7 +209,7 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags
             tracker.set_status(parent, "KILLED")
         print(f"\ninterrupted; {count(study, FINISHED_STATES)} finished trials are kept. "
               "Re-run the same command to resume.", file=sys.stderr)
-        return Outcome(130, spec, study, tracker, parent, 0, time.monotonic() - t0)
+        return Outcome(130, ctx, 0, time.monotonic() - t0)
 
     trials_s = time.monotonic() - t0
     t1 = time.monotonic()
@@ -211,12 +220,11 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags
         seeds = spec.replicate_seeds if complete and not args.no_baselines else ()
         claim = claim_finalizer(study, finished, stage="+seeds" + ",".join(map(str, seeds)) if seeds else "")
         if claim:
-            finalize(study, spec, tracker, parent, data, v.device, run_baselines=complete and not args.no_baselines,
-                     report_dir=args.report_dir, progress=progress, data_root=v.data_root)
+            finalize(ctx, run_baselines=complete and not args.no_baselines, report_dir=args.report_dir)
             release_finalizer(study, claim)
         if count(study, running) == 0:
             tracker.set_status(parent, "FINISHED")
-    return Outcome(0, spec, study, tracker, parent, result.ran, trials_s, time.monotonic() - t1)
+    return Outcome(0, ctx, result.ran, trials_s, time.monotonic() - t1)
 
 
 def print_summary(out: Outcome, uri: str) -> None:
@@ -225,7 +233,7 @@ def print_summary(out: Outcome, uri: str) -> None:
     from bench import tags as T
     from bench.tracking import runs_link, ui_command
 
-    spec, study = out.spec, out.study
+    spec, study = out.ctx.spec, out.ctx.study
     best = best_trial(study, spec)
     # finishing: the parent run's summary, and the baselines and report when the study has them
     after = f", then {out.finalize_seconds:.0f} s to finish the study" if out.finalize_seconds >= 0.5 else ""
@@ -240,10 +248,10 @@ def print_summary(out: Outcome, uri: str) -> None:
         tm = best.user_attrs.get("test_metrics", {})
         if tm:
             print("  test:   " + ", ".join(f"{k}={_fmt(val)}" for k, val in tm.items()))
-    print(f"MLflow: experiment {spec.name!r}, parent run {out.parent_run_id} at {uri}")
+    print(f"MLflow: experiment {spec.name!r}, parent run {out.ctx.parent_run_id} at {uri}")
     print(f"open the UI: {ui_command(uri)}")
     trials = f"tags.`{T.ROLE}` = 'trial'"  # the trials, best first; README shows more filters
-    print(f"  trials, best first: {runs_link(uri, out.tracker.experiment_id, trials, f'metrics.`{spec.objectives[0]}` ' + ('DESC' if spec.directions[0] == 'maximize' else 'ASC'))}")
+    print(f"  trials, best first: {runs_link(uri, out.ctx.tracker.experiment_id, trials, f'metrics.`{spec.objectives[0]}` ' + ('DESC' if spec.directions[0] == 'maximize' else 'ASC'))}")
 
 
 @cli_main

@@ -1,6 +1,6 @@
 """What the study's parent run holds at the end: best trial, Optuna's plots, the trials table.
 
-`summarize(study, spec, tracker, parent_run_id)` is idempotent: any worker may call it again.
+`summarize(ctx)` (a bench.context.StudyContext) is idempotent: any worker may call it again.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import optuna
 from optuna.trial import TrialState
 
 from bench import tags as T
+from bench.context import StudyContext
 from bench.describe import parent_note
 from bench.frontier import pick_by_elbo
 from bench.spec import StudySpec
-from bench.tracking import Tracker
 
 
 def best_trial(study: optuna.Study, spec: StudySpec) -> optuna.trial.FrozenTrial | None:
@@ -56,7 +56,7 @@ def _plots(study: optuna.Study, spec: StudySpec) -> dict[str, Callable[[], objec
     return plots
 
 
-def summarize(study: optuna.Study, spec: StudySpec, tracker: Tracker, parent_run_id: str) -> None:
+def summarize(ctx: StudyContext) -> None:
     """Log the best trial's parameters and metrics, Optuna's plots and the trials table to the parent run.
 
     The best trial's metrics go under the children's own keys (val/elbo, test/elbo, ...), so the
@@ -64,6 +64,7 @@ def summarize(study: optuna.Study, spec: StudySpec, tracker: Tracker, parent_run
     """
     import matplotlib.pyplot as plt
 
+    study, spec, tracker, parent_run_id = ctx.study, ctx.spec, ctx.tracker, ctx.parent_run_id
     best = best_trial(study, spec)
     tracker.set_note(parent_run_id, parent_note(spec, best))
     if best is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.context import StudyContext
 from bench.spec import StudySpec
 from bench.paper import BATCH_IMAGES, CHUNK_SAMPLES, PAPER_KEYS, PAPER_SECONDS_TAG, paper_nll, score_paper_protocol
 from vae.evaluate import iwae_nll_per_image
@@ -43,12 +44,13 @@ def test_the_best_trial_run_gets_the_paper_nll_once(tmp_path, trained_vae, small
         study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"mlflow_run_id": rid}))
 
     spec = StudySpec(name="paper")  # one objective: the best trial is Optuna's
-    logged = score_paper_protocol(study, spec, tracker, small_mnist, torch.device("cpu"), k=3)
+    ctx = StudyContext(study, spec, tracker, parent, small_mnist, torch.device("cpu"))
+    logged = score_paper_protocol(ctx, k=3)
     assert logged == pytest.approx(paper_nll(trained_vae, small_mnist.test.x, seed=4, k=3))  # the checkpoint's seed
     best = tracker.client.get_run(run_ids[1]).data
     assert best.metrics[PAPER_KEYS[0]] == pytest.approx(logged[PAPER_KEYS[0]])
     assert 50 < best.metrics[PAPER_KEYS[0]] < 400 and 0 < best.metrics[PAPER_KEYS[1]] < 10
     assert int(best.tags[PAPER_SECONDS_TAG]) >= 0
     assert PAPER_KEYS[0] not in tracker.client.get_run(run_ids[0]).data.metrics
-    assert score_paper_protocol(study, spec, tracker, small_mnist, torch.device("cpu"), k=3) is None  # done: not again
+    assert score_paper_protocol(ctx, k=3) is None  # done: not again
     assert len(tracker.client.get_metric_history(run_ids[1], PAPER_KEYS[0])) == 1
