@@ -13,12 +13,12 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from bench.baselines import SAMPLERS, make_sampler, sampler_generator, training_images
+from bench.baselines import SAMPLERS, generate_images, training_images
 from bench.metrics import COMPARED
 from bench.fd_classifier import FDClassifier, frechet_distance
 from bench.sample_quality import sample_quality
 from vae.data import Corruption, Datasets, binarize_once, corrupt
-from vae.evaluate import encode
+from vae.evaluate import encode, eval_mode
 from vae.loss import bernoulli_nll
 
 FD_SAMPLES = 5000  # generated images per Frechet distance (fewer when the test set is smaller)
@@ -39,16 +39,14 @@ def reconstruction_errors(
     logits = decode(codes(x)). BCE is in nats per image (the cross-entropy when targets are
     grayscale); squared error is on the Bernoulli means sigmoid(logits), i.e. PCA's clipped output.
     """
-    was_training = model.training
-    model.eval()
     dev = next(model.parameters()).device
     bce = se = 0.0
-    for xb, tb in zip(x.split(batch_size), target.split(batch_size)):
-        logits = model.decode(model.codes(xb.to(dev))).float()
-        tb = tb.to(dev).float()
-        bce += bernoulli_nll(logits, tb).sum().item()
-        se += (torch.sigmoid(logits) - tb).pow(2).sum().item()
-    model.train(was_training)
+    with eval_mode(model):
+        for xb, tb in zip(x.split(batch_size), target.split(batch_size)):
+            logits = model.decode(model.codes(xb.to(dev))).float()
+            tb = tb.to(dev).float()
+            bce += bernoulli_nll(logits, tb).sum().item()
+            se += (torch.sigmoid(logits) - tb).pow(2).sum().item()
     n = x.shape[0]
     return bce / n, se / n
 
@@ -86,8 +84,7 @@ def sample_features(
     sets are images of the same kind. n = min(n, number of test images).
     """
     n = min(n, len(data.test))
-    sampler = make_sampler(kind, model, train_x)
-    samples = sampler.sample(n, sampler_generator(kind, model, seed))  # (n, 784) on the CPU
+    samples = generate_images(kind, model, train_x, n, seed)  # (n, 784) on the CPU
     if data.config.binarize == "dynamic":
         samples = binarize_once(samples, seed)
     return classifier.features(samples), classifier.features(data.test.x)

@@ -140,7 +140,7 @@ def open_storage(target: StorageTarget, stale_handler: StaleTrialHandler | None 
     raise BenchError(f"cannot open the Optuna storage {target.display}: {str(last).splitlines()[0]}")
 
 
-def make_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+def optuna_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The study's sampler; `seed_offset` keeps parallel workers from proposing the same trials."""
     s = spec.sampler
     seed = None if s.seed is None else s.seed + seed_offset
@@ -155,7 +155,7 @@ def make_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseS
     return factories[s.type]()
 
 
-def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+def optuna_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     p = spec.pruner
     factories: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps),

@@ -21,7 +21,7 @@ from bench.describe import experiment_note, parent_note
 from bench.errors import BenchError
 from bench.objective import SurplusTrial, TrialRunner
 from bench.spec import StudySpec
-from bench.storage import StaleTrialHandler, make_pruner, make_sampler
+from bench.storage import StaleTrialHandler, optuna_pruner, optuna_sampler
 from bench.tracking import Tracker, git_commit
 from bench.workers import dead_local_worker
 
@@ -39,7 +39,7 @@ def open_study(spec: StudySpec, storage, seed_offset: int = 0) -> tuple[optuna.S
 
     Creation is atomic in the storage, so exactly one of many simultaneous workers gets True.
     """
-    sampler, pruner = make_sampler(spec, seed_offset), make_pruner(spec)
+    sampler, pruner = optuna_sampler(spec, seed_offset), optuna_pruner(spec)
     try:
         study = optuna.create_study(
             storage=storage, study_name=spec.name, directions=list(spec.directions), sampler=sampler, pruner=pruner
@@ -49,7 +49,7 @@ def open_study(spec: StudySpec, storage, seed_offset: int = 0) -> tuple[optuna.S
     except optuna.exceptions.DuplicatedStudyError:
         # A joining or resuming worker seeded like the creator would propose the creator's
         # first configurations again: give it a seed of its own.
-        sampler = make_sampler(spec, seed_offset + 1 + secrets.randbelow(2**20))
+        sampler = optuna_sampler(spec, seed_offset + 1 + secrets.randbelow(2**20))
         study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
         stored = tuple(d.name.lower() for d in study.directions)
         if stored != spec.directions:

@@ -15,7 +15,7 @@ from bench.baselines import (
     FittedGaussianSampler,
     PCAModel,
     PriorSampler,
-    make_sampler,
+    image_sampler,
     train_baseline,
     training_images,
 )
@@ -98,7 +98,7 @@ def test_unknown_baseline_is_refused(data):
 def test_fitted_gaussian_matches_the_codes_and_repeats_for_a_seed(data):
     x = training_images(data, 0)
     pca = PCAModel.fit(x, 4)
-    sampler = make_sampler("pca", pca, x)
+    sampler = image_sampler("pca", pca, x)
     assert isinstance(sampler, FittedGaussianSampler)
     z = pca.codes(x).double()
     assert torch.allclose(sampler.mean, z.mean(0), atol=1e-6)
@@ -116,7 +116,7 @@ def test_fitted_gaussian_matches_the_codes_and_repeats_for_a_seed(data):
 def test_vae_samples_from_its_prior():
     torch.manual_seed(0)
     vae = VAE(ModelConfig(latent_dim=3, hidden_width=16)).eval()
-    sampler = make_sampler("vae", vae, torch.rand(10, 784))
+    sampler = image_sampler("vae", vae, torch.rand(10, 784))
     assert isinstance(sampler, PriorSampler)
     got = sampler.sample(5, torch.Generator().manual_seed(7))
     want = vae.sample(5, generator=torch.Generator().manual_seed(7))
