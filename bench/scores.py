@@ -103,15 +103,6 @@ def sample_fd(
     return frechet_distance(*sample_features(kind, model, data, train_x, classifier, n, seed))
 
 
-def reference_fd(data: Datasets, classifier: FDClassifier, n: int = FD_SAMPLES, seed: int = 0) -> float:
-    """The Frechet distance of n real training images (binarized as the test set) to the test set.
-
-    A floor for `test/sample_fd` at the same n: what a generator that reproduced the data would score.
-    """
-    x = training_images(data, seed, limit=min(n, len(data.test)))
-    return frechet_distance(classifier.features(x), classifier.features(data.test.x))
-
-
 def score_model(
     model: nn.Module,
     data: Datasets,

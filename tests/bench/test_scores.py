@@ -13,7 +13,7 @@ import torch
 
 from bench.baselines import PCAModel, train_baseline, training_images
 from bench.fd_classifier import cache_path, frechet_distance, frechet_from_stats, load_classifier
-from bench.scores import SCORE_NAMES, probe_accuracies, reconstruction_errors, reference_fd, score_model
+from bench.scores import FD_SAMPLES, SCORE_NAMES, probe_accuracies, reconstruction_errors, score_model
 from vae.data import DataConfig, load_data
 from vae.model import ModelConfig, build_model
 from vae.train import TrainConfig, fit, seed_everything
@@ -133,6 +133,13 @@ def test_scores_repeat_for_a_seed_and_samples_depend_on_it(models, data, classif
     other = score_model(models["ae"], data, kind="ae", classifier=classifier, seed=1)
     assert other["test/code_recon_bce"] == scores["ae"]["test/code_recon_bce"]  # the test images do not depend on it
     assert other["test/sample_fd"] != scores["ae"]["test/sample_fd"]
+
+
+def reference_fd(data, classifier, n: int = FD_SAMPLES, seed: int = 0) -> float:
+    """The Frechet distance of n real training images (binarized as the test set) to the test set:
+    what a generator that reproduced the data would score, a floor for `test/sample_fd` at the same n."""
+    x = training_images(data, seed, limit=min(n, len(data.test)))
+    return frechet_distance(classifier.features(x), classifier.features(data.test.x))
 
 
 def test_real_images_are_closer_to_the_test_set_than_any_model_samples(data, classifier, scores):
