@@ -35,7 +35,7 @@ def write_report(ctx: StudyContext, report_dir: str | None) -> None:
     """The comparison report, in `report_dir` (default reports/<study>) and on the parent run, printed."""
     from bench.describe import parent_note
     from bench.report import make_report, report_folder
-    from bench.summary import best_trial
+    from bench.trials import best_trial
 
     out = report_folder(ctx.spec.name, report_dir)
     report = make_report(ctx.tracker, ctx.spec.name, ctx.parent_run_id, out)

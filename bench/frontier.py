@@ -1,6 +1,6 @@
 """The rate-distortion frontier: Pareto fronts of trials, the trial a multi-objective study compares, the plot.
 
-bench.compare and bench.summary call `pick_by_elbo` on a Pareto front; bench.report calls
+bench.trials calls `pick_by_elbo` on a Pareto front (the best trial, the compared ones); bench.report calls
 `rate_distortion_points` and `rate_distortion_figure` on the study's trial runs read back from MLflow.
 """
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from bench.context import StudyContext
-from bench.summary import best_trial
+from bench.trials import best_trial
 from vae.evaluate import iwae_nll_per_image, mean_and_se
 from vae.train import load_checkpoint
 

@@ -152,7 +152,7 @@ class Outcome:
     finalize_seconds: float = 0.0  # wall time of the summary, baselines and report, when this process wrote them
 
 
-def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags: dict[str, str] | None = None) -> Outcome:
+def execute(args: argparse.Namespace, argv: list[str], v: Validated) -> Outcome:
     """Run this worker's share of the validated study, then (if it is the finalizer) its ending."""
     import optuna
     import torch
@@ -181,8 +181,6 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags
     study, created = open_study(spec, storage, seed_offset=args.worker_index)
     tracker = Tracker(v.tracking_uri, spec.name)
     parent = ensure_parent_run(study, created, spec, tracker)
-    if parent_tags:
-        tracker.set_tags(parent, parent_tags)
     ctx = StudyContext(study, spec, tracker, parent, data, v.device, v.data_root, progress)
     recovered = recover_dead_local_trials(study, tracker, stale)
     if recovered:
@@ -229,7 +227,7 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated, parent_tags
 
 def print_summary(out: Outcome, uri: str) -> None:
     from bench.study import FINISHED_STATES, count
-    from bench.summary import best_trial
+    from bench.trials import best_trial
     from bench import tags as T
     from bench.tracking import runs_link, ui_command
 

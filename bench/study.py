@@ -188,7 +188,6 @@ def run_worker(
     stale: StaleTrialHandler | None,
     deadline: float | None,
     progress: bool = True,
-    on_trial: Callable[[optuna.Study], None] | None = None,
 ) -> WorkerResult:
     """Run trials until the study has n_trials finished ones (or the deadline passes)."""
     if stale is not None:
@@ -217,8 +216,6 @@ def run_worker(
                 continue
             study.optimize(runner, n_trials=1, catch=(SurplusTrial,), gc_after_trial=False)
             ran += 1
-            if on_trial is not None:
-                on_trial(study)
     finally:
         bar.close()
     finished = count(study, FINISHED_STATES)

@@ -16,18 +16,8 @@ from optuna.trial import TrialState
 from bench import tags as T
 from bench.context import StudyContext
 from bench.describe import parent_note
-from bench.frontier import pick_by_elbo
 from bench.spec import StudySpec
-
-
-def best_trial(study: optuna.Study, spec: StudySpec) -> optuna.trial.FrozenTrial | None:
-    """The study's best trial; with several objectives, the highest ELBO on the Pareto front (bench.frontier)."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        return None
-    if spec.multi_objective:
-        return pick_by_elbo(study.best_trials, spec.directions, spec.split)
-    return study.best_trial
+from bench.trials import best_trial
 
 
 def _plots(study: optuna.Study, spec: StudySpec) -> dict[str, Callable[[], object]]:

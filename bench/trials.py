@@ -1,5 +1,5 @@
 """From Optuna trials to configurations: a trial's searched fields suggested into the spec's configs,
-a finished trial's configs rebuilt, and the trials a study compares at each latent size.
+a finished trial's configs rebuilt, the study's best trial and the trials it compares at each latent size.
 
 The objective, the comparison and the seed replicates all read trials through these, so a
 compared model or a replicate is built exactly as its trial was.
@@ -38,6 +38,16 @@ def suggest_configs(trial: optuna.Trial, spec: StudySpec) -> tuple[ModelConfig, 
 def trial_configs(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> tuple[ModelConfig, TrainConfig]:
     """Rebuild a trial's configs from its parameters, exactly as the objective built them."""
     return suggest_configs(FixedTrial(trial.params), spec)
+
+
+def best_trial(study: optuna.Study, spec: StudySpec) -> optuna.trial.FrozenTrial | None:
+    """The study's best trial; with several objectives, the highest ELBO on the Pareto front (bench.frontier)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return None
+    if spec.multi_objective:
+        return pick_by_elbo(study.best_trials, spec.directions, spec.split)
+    return study.best_trial
 
 
 def best_per_latent(study: optuna.Study, spec: StudySpec) -> dict[int, optuna.trial.FrozenTrial]:
