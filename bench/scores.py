@@ -90,19 +90,6 @@ def sample_features(
     return classifier.features(samples), classifier.features(data.test.x)
 
 
-def sample_fd(
-    kind: str,
-    model: nn.Module,
-    data: Datasets,
-    train_x: torch.Tensor,
-    classifier: FDClassifier,
-    n: int = FD_SAMPLES,
-    seed: int = 0,
-) -> float:
-    """Frechet distance between n generated images and all test images, in the classifier's feature space."""
-    return frechet_distance(*sample_features(kind, model, data, train_x, classifier, n, seed))
-
-
 def score_model(
     model: nn.Module,
     data: Datasets,
@@ -126,7 +113,7 @@ def score_model(
       `max_train_codes` training images (binarized once with `seed` under dynamic
       binarization), tested on the codes of the test images (see `probe_accuracies`).
     - test/sample_fd: Frechet distance of min(n_fd_samples, test size) generated images to the
-      test images (see `sample_fd`); the AE and PCA sample a Gaussian fitted to the same
+      test images in the classifier's feature space (see `sample_features`); the AE and PCA sample a Gaussian fitted to the same
       training codes as the probes, the VAE its prior.
     - test/sample_kid (with test/sample_kid_se), test/sample_precision, test/sample_recall: the same
       generated images and features (bench.sample_quality.sample_quality).
