@@ -1,13 +1,17 @@
 """Study files (`studies/*.toml`) read into frozen, pydantic-validated dataclasses before anything runs.
 
 `load_spec("latent")` finds a shipped study by name, `load_spec("path/to.toml")` reads a file;
-every problem is a BenchError naming the file, the key and what is allowed.
+every problem is a BenchError naming the file, the key and what is allowed. `file_schema()` is
+the JSON schema of a study file, published as studies/schema.json for editors.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import math
+import sys
 import tomllib
 import types
 import typing
@@ -20,7 +24,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_vali
 from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
-from bench.errors import BenchError
+from bench.errors import BenchError, HelpFormatter, cli_main
 from bench.metrics import optimizable
 from vae.checks import bounds_of, number_phrase
 from vae.data import DATASET_FOLDERS, DataConfig
@@ -28,6 +32,7 @@ from vae.model import ModelConfig
 from vae.train import TrainConfig
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+SCHEMA_PATH = STUDIES_DIR / "schema.json"
 
 # metric -> direction in which it improves: the per-epoch keys a study can optimise (bench.metrics)
 METRIC_DIRECTIONS = {**optimizable("train"), **optimizable("val")}
@@ -376,7 +381,7 @@ def _replace(obj: Any, where: str | None = None, **changes: Any) -> Any:
 # ---------------------------------------------------------------- reading files
 
 SECTIONS = {"study", "data", "model", "train", "search", "eval", "baselines", "replicates"}
-STUDY_KEYS = ("name", "metric", "direction", "n_trials", "timeout_s", "sampler", "pruner")  # [study]
+STUDY_KEYS = ("name", "metric", "direction", "n_trials", "timeout_s", "sampler", "pruner")  # [study], in schema order
 
 
 def available_studies() -> list[str]:
@@ -478,6 +483,54 @@ def parse_spec(raw: dict, default_name: str, path: Path | None = None, text: str
     })
 
 
+# ---------------------------------------------------------------- the schema of a study file
+
+
+def file_schema() -> dict[str, Any]:
+    """The JSON schema of a study file, made from the models above; studies/schema.json is this.
+
+    A study file nests what StudySpec holds flat: [study] carries the top-level keys, and each
+    [search.NAME] table is a SearchParam whose name is the table's.
+    """
+    spec = TypeAdapter(StudySpec).json_schema()
+    defs, props = spec["$defs"], spec["properties"]
+    for name in ("DataConfig", "ModelConfig", "TrainConfig"):  # plain dataclasses; _build refuses unknown keys
+        defs[name]["additionalProperties"] = False
+    param = defs["SearchParam"]
+    del param["properties"]["name"]
+    param["required"].remove("name")
+    table = {"type": "object", "additionalProperties": False}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "vaebench study file",
+        "description": "studies/*.toml, read by bench.spec.load_spec; written by bench.spec.file_schema (python -m bench.spec).",
+        **table,
+        "properties": {
+            "study": {**table, "properties": {k: props[k] for k in STUDY_KEYS}},
+            **{k: props[k] for k in ("data", "model", "train")},
+            "search": {"type": "object", "additionalProperties": {"$ref": "#/$defs/SearchParam"}},
+            **{k: props[k] for k in ("eval", "baselines", "replicates")},
+        },
+        "$defs": defs,
+    }
+
+
+def schema_text() -> str:
+    """studies/schema.json as it should read."""
+    return json.dumps(file_schema(), indent=2) + "\n"
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    """Write studies/schema.json, the JSON schema of a study file, again after a model in bench.spec or vae changed."""
+    p = argparse.ArgumentParser(prog="python -m bench.spec", description=main.__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--out", type=Path, default=SCHEMA_PATH, help="where to write the JSON schema of a study file")
+    args = p.parse_args(argv)
+    args.out.write_text(schema_text(), encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
 # ---------------------------------------------------------------- pydantic's complaints as one line
 
 
@@ -535,3 +588,6 @@ def _allowed(tp: Any, meta: list[Any] = ()) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+
+if __name__ == "__main__":
+    sys.exit(main())
