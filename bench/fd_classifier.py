@@ -13,11 +13,14 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+from annotated_types import Interval
 from torch import nn
 
+from vae.checks import check_fields
 from vae.data import DataConfig, Datasets, load_data
 
 CACHE_ENV = "VAEBENCH_CACHE"
@@ -33,24 +36,15 @@ TRAIN_THREADS = 1  # torch threads while training the classifier (see train_clas
 class ClassifierRecipe:
     """How the feature classifier is trained; part of the cache key through ARCH_VERSION."""
 
-    epochs: int = 3  # passes over the 60,000 training images
-    batch_size: int = 256
-    lr: float = 2e-3  # Adam
-    seed: int = 0  # weights, shuffling and binarization draws
-    binarize_prob: float = 0.5  # each training image is binarized with this probability, so that
+    epochs: Annotated[int, Interval(ge=1, le=100_000)] = 3  # passes over the 60,000 training images
+    batch_size: Annotated[int, Interval(ge=1, le=100_000)] = 256
+    lr: Annotated[float, Interval(gt=0, le=10)] = 2e-3  # Adam
+    seed: Annotated[int, Interval(ge=0, le=2**32 - 1)] = 0  # weights, shuffling and binarization draws
+    binarize_prob: Annotated[float, Interval(ge=0, le=1)] = 0.5  # each training image is binarized with this probability, so that
     # features are meaningful both for grayscale images and for binary (dynamically binarized) ones
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 100_000:
-                raise ValueError(f"{name} must be an integer in [1, 100000], got {v!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
-        if not 0 < self.lr <= 10:
-            raise ValueError(f"lr must be a number in (0, 10], got {self.lr!r}")
-        if not 0 <= self.binarize_prob <= 1:
-            raise ValueError(f"binarize_prob must be in [0, 1], got {self.binarize_prob!r}")
+        check_fields(self)
 
 
 class FeatureMLP(nn.Module):

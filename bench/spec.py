@@ -1,84 +1,98 @@
-"""Study files (`studies/*.toml`) read into frozen dataclasses and validated before anything runs.
+"""Study files (`studies/*.toml`) read into frozen, pydantic-validated dataclasses before anything runs.
 
 `load_spec("latent")` finds a shipped study by name, `load_spec("path/to.toml")` reads a file;
-every problem is a BenchError naming the file, the key and what is allowed.
+every problem is a BenchError naming the file, the key and what is allowed. `file_schema()` is
+the JSON schema of a study file, published as studies/schema.json for editors.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import math
+import sys
 import tomllib
-from dataclasses import dataclass, field, fields
+import types
+import typing
+from contextlib import contextmanager
+from dataclasses import field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Iterator, Literal, get_args, get_origin
 
-from bench.errors import BenchError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
+
+from bench.errors import BenchError, HelpFormatter, cli_main
 from bench.metrics import optimizable
+from vae.checks import bounds_of, number_phrase
 from vae.data import DATASET_FOLDERS, DataConfig
 from vae.model import ModelConfig
 from vae.train import TrainConfig
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+SCHEMA_PATH = STUDIES_DIR / "schema.json"
 
 # metric -> direction in which it improves: the per-epoch keys a study can optimise (bench.metrics)
 METRIC_DIRECTIONS = {**optimizable("train"), **optimizable("val")}
+Metric = Literal[tuple(METRIC_DIRECTIONS)]
+Direction = Literal["maximize", "minimize"]
 # every one of them handles two objectives in Optuna 5 (TPE, GP by hypervolume, NSGA-II, random, grid)
-SAMPLERS = ("tpe", "random", "grid", "gp", "nsga2")
-PRUNERS = ("median", "hyperband", "none")
-BASELINES = ("ae", "pca")
+Sampler = Literal["tpe", "random", "grid", "gp", "nsga2"]
+Pruner = Literal["median", "hyperband", "none"]
+Baseline = Literal["ae", "pca"]
+OodDataset = Literal[tuple(sorted(DATASET_FOLDERS))]
+SAMPLERS, PRUNERS, BASELINES = get_args(Sampler), get_args(Pruner), get_args(Baseline)
 MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
 TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"seed"}
+MAX_SEED = 2**32 - 1  # TrainConfig's bound
+MAX_REPLICATES = 1000
+
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+# values as TOML writes them: no "3" for 3, no true for 1, no nan; lists arrive as tuples
+spec_dataclass = dataclass(frozen=True, config=ConfigDict(strict=True, extra="forbid", allow_inf_nan=False))
 
 
-@dataclass(frozen=True)
+@spec_dataclass
 class SamplerSpec:
     """Which Optuna sampler proposes trials."""
 
-    type: Literal["tpe", "random", "grid", "gp", "nsga2"] = "tpe"
-    seed: int | None = 0  # None: a fresh random seed each run
+    where: ClassVar[str] = "sampler."  # how errors name the keys
 
-    def __post_init__(self) -> None:
-        if self.type not in SAMPLERS:
-            raise ValueError(f"sampler.type must be one of {', '.join(SAMPLERS)}, got {self.type!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
-            raise ValueError(f"sampler.seed must be a non-negative integer, got {self.seed!r}")
+    type: Sampler = "tpe"
+    seed: NonNegativeInt | None = 0  # None: a fresh random seed each run
 
 
-@dataclass(frozen=True)
+@spec_dataclass
 class PrunerSpec:
     """Which Optuna pruner stops unpromising trials, judged on the per-epoch metric."""
 
-    type: Literal["median", "hyperband", "none"] = "median"
-    n_warmup_steps: int = 2  # epochs reported before a trial may be pruned (median)
-    n_startup_trials: int = 3  # trials finished before pruning starts (median)
+    where: ClassVar[str] = "pruner."
 
-    def __post_init__(self) -> None:
-        if self.type not in PRUNERS:
-            raise ValueError(f"pruner.type must be one of {', '.join(PRUNERS)}, got {self.type!r}")
-        for name in ("n_warmup_steps", "n_startup_trials"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"pruner.{name} must be a non-negative integer, got {v!r}")
+    type: Pruner = "median"
+    n_warmup_steps: NonNegativeInt = 2  # epochs reported before a trial may be pruned (median)
+    n_startup_trials: NonNegativeInt = 3  # trials finished before pruning starts (median)
 
 
-@dataclass(frozen=True)
+@spec_dataclass
 class SearchParam:
     """One searched config field: categorical choices, or an int/float range."""
 
+    where: ClassVar[str] = "[search.{name}]: "
+
     name: str  # a ModelConfig or TrainConfig field
     type: Literal["categorical", "int", "float"]
-    choices: tuple[Any, ...] | None = None
-    low: float | int | None = None
-    high: float | int | None = None
+    choices: tuple[int | float | str | bool, ...] | None = None
+    low: int | float | None = None
+    high: int | float | None = None
     log: bool = False
-    step: float | int | None = None
+    step: Annotated[int, Field(gt=0)] | Annotated[float, Field(gt=0)] | None = None
     cover: bool = False  # categorical only: one trial per choice first, each run in full (never pruned)
 
     def __post_init__(self) -> None:
         where = f"search.{self.name}"
-        if not isinstance(self.cover, bool):
-            raise ValueError(f"[{where}]: cover must be true or false, got {self.cover!r}")
         if self.cover and self.type != "categorical":
             raise ValueError(f"[{where}]: cover = true needs type = 'categorical' (one trial per choice)")
         if self.name not in MODEL_FIELDS | TRAIN_FIELDS:
@@ -90,23 +104,20 @@ class SearchParam:
             for c in self.choices:
                 _check_value(self.name, c, where)
             return
-        if self.type not in ("int", "float"):
-            raise ValueError(f"[{where}]: type must be 'categorical', 'int' or 'float', got {self.type!r}")
         if self.choices is not None:
             raise ValueError(f"[{where}]: 'choices' is only for type = 'categorical'")
-        num = int if self.type == "int" else (int, float)
-        for k in ("low", "high"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, num):
-                raise ValueError(f"[{where}]: {k} must be {'an integer' if self.type == 'int' else 'a number'}, got {v!r}")
+        if self.low is None or self.high is None:
+            raise ValueError(f"[{where}]: type = {self.type!r} needs a low and a high")
+        for k in ("low", "high", "step") if self.type == "int" else ():
+            v = getattr(self, k)  # pydantic has made it an int, a float or None
+            if v is not None and not isinstance(v, int):
+                raise ValueError(f"[{where}]: {k} must be an integer, got {v!r}")
         if self.low > self.high:
             raise ValueError(f"[{where}]: low ({self.low}) must not exceed high ({self.high})")
         if self.log and self.low <= 0:
             raise ValueError(f"[{where}]: log = true needs low > 0, got {self.low}")
         if self.log and self.step is not None and self.type == "float":
             raise ValueError(f"[{where}]: step and log = true cannot be combined for floats")
-        if self.step is not None and (isinstance(self.step, bool) or not isinstance(self.step, num) or self.step <= 0):
-            raise ValueError(f"[{where}]: step must be a positive number, got {self.step!r}")
         _check_value(self.name, int(self.low) if self.type == "int" else float(self.low), where)
         _check_value(self.name, int(self.high) if self.type == "int" else float(self.high), where)
 
@@ -131,48 +142,44 @@ def _check_value(name: str, value: Any, where: str) -> None:
         raise ValueError(f"[{where}]: {exc}") from None
 
 
-@dataclass(frozen=True)
+@spec_dataclass
 class EvalSpec:
     """How finished trials are evaluated on the test set."""
 
-    iw_samples: int = 100  # k of the importance-weighted NLL (test/nll_iw)
-    iw_images: int | None = None  # test images used for test/nll_iw (and per set for test/ood_auroc); None = all
+    where: ClassVar[str] = "eval."
+
+    iw_samples: Annotated[int, Field(ge=1, le=100_000)] = 100  # k of the importance-weighted NLL (test/nll_iw)
+    iw_images: Annotated[int, Field(ge=1)] | None = None  # test images used for test/nll_iw (and per set for test/ood_auroc); None = all
     paper_protocol: bool = False  # also score the best VAE with k = 5000 on the full test set (test/nll_iw_k5000): minutes on a CPU
-    ood_dataset: str | None = None  # the other dataset whose test images test/ood_auroc scores as OOD; None = no OOD check
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.paper_protocol, bool):
-            raise ValueError(f"eval.paper_protocol must be true or false, got {self.paper_protocol!r}")
-        if self.ood_dataset is not None and self.ood_dataset not in DATASET_FOLDERS:
-            raise ValueError(f"eval.ood_dataset must be one of {', '.join(sorted(DATASET_FOLDERS))}, got {self.ood_dataset!r}")
-        if isinstance(self.iw_samples, bool) or not isinstance(self.iw_samples, int) or not 1 <= self.iw_samples <= 100_000:
-            raise ValueError(f"eval.iw_samples must be an integer in [1, 100000], got {self.iw_samples!r}")
-        if self.iw_images is not None and (isinstance(self.iw_images, bool) or not isinstance(self.iw_images, int) or self.iw_images < 1):
-            raise ValueError(f"eval.iw_images must be a positive integer, got {self.iw_images!r}")
+    ood_dataset: OodDataset | None = None  # the other dataset whose test images test/ood_auroc scores as OOD; None = no OOD check
 
 
-@dataclass(frozen=True)
+@spec_dataclass
 class BaselineSpec:
     """Which baselines are compared with the best VAE at each latent size."""
 
-    models: tuple[str, ...] = ()  # subset of ("ae", "pca")
-    fd_samples: int = 5000  # generated images per model for test/sample_fd
+    where: ClassVar[str] = "baselines."
 
-    def __post_init__(self) -> None:
-        for m in self.models:
+    models: tuple[Baseline, ...] = ()  # each at most once
+    fd_samples: Annotated[int, Field(ge=100, le=100_000)] = 5000  # generated images per model for test/sample_fd
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _known(cls, models: Any) -> Any:
+        for m in models if isinstance(models, tuple) else ():
             if m not in BASELINES:
                 raise ValueError(f"baselines.models: {m!r} is not a baseline; choose from {', '.join(BASELINES)}")
+        return models
+
+    def __post_init__(self) -> None:
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"baselines.models lists a model twice: {list(self.models)}")
-        if isinstance(self.fd_samples, bool) or not isinstance(self.fd_samples, int) or not 100 <= self.fd_samples <= 100_000:
-            raise ValueError(f"baselines.fd_samples must be an integer in [100, 100000], got {self.fd_samples!r}")
 
 
-MAX_SEED = 2**32 - 1  # TrainConfig's bound
-MAX_REPLICATES = 1000
+_SEED = TypeAdapter(Seed, config=ConfigDict(strict=True))
 
 
-@dataclass(frozen=True)
+@spec_dataclass
 class ReplicateSpec:
     """Seed replicates of each compared configuration, trained after the search.
 
@@ -180,26 +187,34 @@ class ReplicateSpec:
     seed) or an explicit list of distinct seeds; None: no replicates.
     """
 
-    seeds: int | tuple[int, ...] | None = None
+    where: ClassVar[str] = ""
+
+    seeds: Annotated[int, Field(ge=1, le=MAX_REPLICATES)] | Annotated[tuple[Seed, ...], Field(min_length=1)] | None = None
+
+    @field_validator("seeds", mode="wrap")
+    @classmethod
+    def _say_which(cls, seeds: Any, handler: Any) -> Any:
+        """The declared types judge; the message says whether the count or a listed seed is wrong."""
+        try:
+            return handler(seeds)
+        except ValidationError:
+            if not isinstance(seeds, tuple):
+                raise ValueError(f"seeds must be a count in [1, {MAX_REPLICATES}] or a list of seeds, got {seeds!r}") from None
+            if not seeds:
+                raise ValueError("seeds must be a count >= 1 or a non-empty list of seeds, got []") from None
+            for v in seeds:
+                try:
+                    _SEED.validate_python(v)
+                except ValidationError:
+                    raise ValueError(f"seeds: every seed must be an integer in [0, {MAX_SEED}], got {v!r}") from None
+            raise
 
     def __post_init__(self) -> None:
         s = self.seeds
-        if s is None:
-            return
         if isinstance(s, tuple):
-            if not s:
-                raise ValueError("seeds must be a count >= 1 or a non-empty list of seeds, got []")
-            for v in s:
-                if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SEED:
-                    raise ValueError(f"seeds: every seed must be an integer in [0, {MAX_SEED}], got {v!r}")
             dup = sorted({v for v in s if s.count(v) > 1})
             if dup:
                 raise ValueError(f"seeds lists seed {', '.join(map(str, dup))} more than once: {list(s)}")
-            return
-        if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= MAX_REPLICATES:
-            raise ValueError(
-                f"seeds must be a count in [1, {MAX_REPLICATES}] or a list of seeds, got {s!r}"
-            )
 
     def resolve(self, search_seed: int) -> tuple[int, ...]:
         """The seeds to train: the list as given, or search_seed + 1 .. search_seed + N."""
@@ -210,18 +225,20 @@ class ReplicateSpec:
         return tuple(range(search_seed + 1, search_seed + self.seeds + 1))
 
 
-@dataclass(frozen=True)
+@spec_dataclass
 class StudySpec:
     """A whole study: what is searched, on what data, how trials are judged and compared."""
 
-    name: str
+    where: ClassVar[str] = "study."
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
     # reported each epoch and optimised; a list of keys makes a multi-objective study (e.g. the
     # rate-distortion frontier: ["val/kl", "val/recon_bce"]) whose trials are never pruned
-    metric: str | tuple[str, ...] = "val/elbo"
+    metric: Metric | tuple[Metric, ...] = "val/elbo"
     # None: each metric's declared direction (bench.metrics); given, it must agree with it
-    direction: Literal["maximize", "minimize"] | tuple[str, ...] | None = None
-    n_trials: int = 10  # trials in total, across every worker and every resume
-    timeout_s: float | None = None  # stop starting new trials after this many seconds
+    direction: Direction | tuple[Direction, ...] | None = None
+    n_trials: Annotated[int, Field(ge=1, le=100_000)] = 10  # trials in total, across every worker and every resume
+    timeout_s: Annotated[float, Field(gt=0)] | None = None  # stop starting new trials after this many seconds
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
     data: DataConfig = field(default_factory=DataConfig)
@@ -235,17 +252,9 @@ class StudySpec:
     text: str = ""  # the file's text, logged with the study
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name or len(self.name) > 200:
-            raise ValueError(f"study.name must be a non-empty string, got {self.name!r}")
         self._check_objectives()
         if self.eval.ood_dataset == self.data.dataset:
             raise ValueError(f"eval.ood_dataset must differ from data.dataset ({self.data.dataset}): it is the dataset the model has not seen")
-        if isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or not 1 <= self.n_trials <= 100_000:
-            raise ValueError(f"study.n_trials must be an integer in [1, 100000], got {self.n_trials!r}")
-        if self.timeout_s is not None and (
-            isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or self.timeout_s <= 0
-        ):
-            raise ValueError(f"study.timeout_s must be a positive number of seconds, got {self.timeout_s!r}")
         seeds = self.replicate_seeds
         if self.train.seed in seeds:
             raise ValueError(
@@ -264,19 +273,14 @@ class StudySpec:
             raise ValueError(f"cover = true on {', '.join(covered)}: at most one searched parameter may be covered")
         if self.sampler.type == "grid":
             for p in self.search:
-                try:
-                    p.grid_values()
-                except ValueError as exc:
-                    raise ValueError(str(exc)) from None
+                p.grid_values()
 
     def _check_objectives(self) -> None:
         many = isinstance(self.metric, tuple)
-        keys = self.metric if many else (self.metric,)
+        keys = self.objectives
         if many and (len(keys) < 2 or len(set(keys)) != len(keys)):
             raise ValueError(f"study.metric: a list needs at least two different metrics, got {list(keys)}")
         for k in keys:
-            if k not in METRIC_DIRECTIONS:
-                raise ValueError(f"study.metric must be one of {', '.join(METRIC_DIRECTIONS)}, got {k!r}")
             if k.startswith("val/") and self.data.val_size == 0:
                 raise ValueError(f"study.metric {k} needs a validation split; set data.val_size > 0 or use a train/ metric")
         if len({k.split("/")[0] for k in keys}) > 1:
@@ -359,7 +363,7 @@ class StudySpec:
             )
         if "replicates" in o:
             try:
-                replicates = ReplicateSpec(seeds=o["replicates"])
+                replicates = _new(ReplicateSpec, {"seeds": o["replicates"]})
             except ValueError as exc:
                 raise BenchError(f"--replicates: {exc}") from None
             spec = _replace(spec, replicates=replicates, where="--replicates")
@@ -368,7 +372,8 @@ class StudySpec:
 
 def _replace(obj: Any, where: str | None = None, **changes: Any) -> Any:
     try:
-        return dataclasses.replace(obj, **changes)
+        with _one_line(type(obj), changes):
+            return dataclasses.replace(obj, **changes)
     except ValueError as exc:
         raise BenchError(f"{where or ', '.join('--' + k.replace('_', '-') for k in changes)}: {exc}") from None
 
@@ -376,7 +381,7 @@ def _replace(obj: Any, where: str | None = None, **changes: Any) -> Any:
 # ---------------------------------------------------------------- reading files
 
 SECTIONS = {"study", "data", "model", "train", "search", "eval", "baselines", "replicates"}
-STUDY_KEYS = {"name", "metric", "direction", "n_trials", "timeout_s", "sampler", "pruner"}
+STUDY_KEYS = ("name", "metric", "direction", "n_trials", "timeout_s", "sampler", "pruner")  # [study], in schema order
 
 
 def available_studies() -> list[str]:
@@ -428,7 +433,7 @@ def _build(cls: type, section: str, values: dict, exclude: set[str] = frozenset(
         raise ValueError(f"unknown key(s) in [{section}]: {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
     vals = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     try:
-        return cls(**vals)
+        return _new(cls, vals)
     except ValueError as exc:
         msg = str(exc)
         raise ValueError(msg if msg.startswith("[") else f"[{section}] {msg}") from None
@@ -440,7 +445,7 @@ def parse_spec(raw: dict, default_name: str, path: Path | None = None, text: str
     if unknown:
         raise ValueError(f"unknown section(s) {', '.join(unknown)}; allowed: {', '.join(sorted(SECTIONS))}")
     study = _table(raw, "study")
-    bad = sorted(set(study) - STUDY_KEYS)
+    bad = sorted(set(study) - set(STUDY_KEYS))
     if bad:
         raise ValueError(f"unknown key(s) in [study]: {', '.join(bad)}; allowed: {', '.join(sorted(STUDY_KEYS))}")
     sampler = _build(SamplerSpec, "study.sampler", _table(study, "sampler"))
@@ -461,17 +466,128 @@ def parse_spec(raw: dict, default_name: str, path: Path | None = None, text: str
     baselines = _build(BaselineSpec, "baselines", _table(raw, "baselines"))
     replicates = _build(ReplicateSpec, "replicates", _table(raw, "replicates"))
     top = {k: tuple(v) if isinstance(v, list) else v for k, v in study.items() if k not in ("sampler", "pruner")}
-    return StudySpec(
-        **{"name": default_name, **top},
-        sampler=sampler,
-        pruner=pruner,
-        data=data,
-        model=model,
-        train=train,
-        search=tuple(search),
-        eval=evals,
-        baselines=baselines,
-        replicates=replicates,
-        path=path,
-        text=text,
-    )
+    return _new(StudySpec, {
+        "name": default_name,
+        **top,
+        "sampler": sampler,
+        "pruner": pruner,
+        "data": data,
+        "model": model,
+        "train": train,
+        "search": tuple(search),
+        "eval": evals,
+        "baselines": baselines,
+        "replicates": replicates,
+        "path": path,
+        "text": text,
+    })
+
+
+# ---------------------------------------------------------------- the schema of a study file
+
+
+def file_schema() -> dict[str, Any]:
+    """The JSON schema of a study file, made from the models above; studies/schema.json is this.
+
+    A study file nests what StudySpec holds flat: [study] carries the top-level keys, and each
+    [search.NAME] table is a SearchParam whose name is the table's.
+    """
+    spec = TypeAdapter(StudySpec).json_schema()
+    defs, props = spec["$defs"], spec["properties"]
+    for name in ("DataConfig", "ModelConfig", "TrainConfig"):  # plain dataclasses; _build refuses unknown keys
+        defs[name]["additionalProperties"] = False
+    param = defs["SearchParam"]
+    del param["properties"]["name"]
+    param["required"].remove("name")
+    table = {"type": "object", "additionalProperties": False}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "vaebench study file",
+        "description": "studies/*.toml, read by bench.spec.load_spec; written by bench.spec.file_schema (python -m bench.spec).",
+        **table,
+        "properties": {
+            "study": {**table, "properties": {k: props[k] for k in STUDY_KEYS}},
+            **{k: props[k] for k in ("data", "model", "train")},
+            "search": {"type": "object", "additionalProperties": {"$ref": "#/$defs/SearchParam"}},
+            **{k: props[k] for k in ("eval", "baselines", "replicates")},
+        },
+        "$defs": defs,
+    }
+
+
+def schema_text() -> str:
+    """studies/schema.json as it should read."""
+    return json.dumps(file_schema(), indent=2) + "\n"
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    """Write studies/schema.json, the JSON schema of a study file, again after a model in bench.spec or vae changed."""
+    p = argparse.ArgumentParser(prog="python -m bench.spec", description=main.__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--out", type=Path, default=SCHEMA_PATH, help="where to write the JSON schema of a study file")
+    args = p.parse_args(argv)
+    args.out.write_text(schema_text(), encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------- pydantic's complaints as one line
+
+
+def _new(cls: type, values: dict[str, Any]) -> Any:
+    """cls(**values); a ValueError in the words of the study file on any problem."""
+    with _one_line(cls, values):
+        return cls(**values)
+
+
+@contextmanager
+def _one_line(cls: type, values: dict[str, Any]) -> Iterator[None]:
+    """Turn pydantic's first complaint into one line: the key, what is allowed, the value given."""
+    try:
+        yield
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        if e["type"] == "value_error":  # raised by a check of ours, already worded that way
+            raise ValueError(str(e["ctx"]["error"])) from None
+        name = e["loc"][0] if e["loc"] else ""
+        where = cls.where.format(name=values.get("name"))
+        if name not in cls.__pydantic_fields__:
+            raise ValueError(f"{where}{name}: {e['msg']}") from None
+        f = cls.__pydantic_fields__[name]
+        allowed = _allowed(f.annotation, f.metadata) + (" of seconds" if name.endswith("_s") else "")
+        value = values.get(name, e["input"])
+        value = list(value) if isinstance(value, tuple) else value  # as the file wrote it
+        raise ValueError(f"{where}{name} must be {allowed}, got {value!r}") from None
+
+
+def _allowed(tp: Any, meta: list[Any] = ()) -> str:
+    """What a value of annotation tp (with constraints meta) may be, as a TOML file writes it."""
+    if get_origin(tp) is Annotated:
+        tp, *more = get_args(tp)
+        return _allowed(tp, [*meta, *more])
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        bases = [get_args(a)[0] if get_origin(a) is Annotated else a for a in args]
+        if set(bases) <= {int, float}:  # int | float: any number
+            first = get_args(args[0])[1:] if get_origin(args[0]) is Annotated else ()
+            return _allowed(float if float in bases else int, [*meta, *first])
+        if len(args) == 2 and get_origin(args[1]) is tuple and get_args(args[1])[0] == args[0]:
+            return f"{_allowed(args[0])} (or a list of them)"
+        return " or ".join(_allowed(a) for a in args)
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(str, get_args(tp)))
+    if tp is bool:
+        return "true or false"
+    if tp in (int, float):
+        flat = [x for m in meta for x in (m.metadata if isinstance(m, FieldInfo) else [m])]
+        return number_phrase(tp, bounds_of(flat))
+    if tp is str:
+        return "a non-empty string" if any(getattr(m, "min_length", 0) for m in meta) else "a string"
+    if get_origin(tp) is tuple:
+        return "a list"
+    return getattr(tp, "__name__", str(tp))
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,6 +18,9 @@ import statistics
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from bench.errors import BenchError
 from bench.metrics import METRICS, better
@@ -26,6 +29,12 @@ DEFAULT_THRESHOLDS = Path(__file__).resolve().parent.parent / "studies" / "thres
 ALPHA = 0.01  # family-wise false-alarm rate of the whole gate
 FLOOR = 0.02  # nats: the band is never narrower (float32 sums over 10,000 images differ across CPUs)
 POWER = 0.95  # the minimum detectable regression is the shift caught with this probability
+
+# what the file's values must be, judged by pydantic: strict (true is not 1, "3" is not 3), numbers finite
+_STRICT = ConfigDict(strict=True, allow_inf_nan=False)
+_GATE_SEEDS = TypeAdapter(Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2)], config=_STRICT)
+_CALIBRATION_N = TypeAdapter(Annotated[int, Field(ge=3)], config=_STRICT)
+_NUMBER = TypeAdapter(float, config=_STRICT)
 
 
 @dataclass(frozen=True)
@@ -207,8 +216,7 @@ def load_reference(path: str | Path) -> GateReference:
     if extra:
         raise BenchError(f"{path}: [gate]: unknown key(s) {', '.join(sorted(extra))}")
     seeds = gate.get("seeds")
-    if (not isinstance(seeds, list) or len(seeds) < 2 or len(set(seeds)) != len(seeds)
-            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
+    if not _valid(_GATE_SEEDS, seeds) or len(set(seeds)) != len(seeds):
         raise BenchError(f"{path}: [gate] seeds must be a list of at least 2 distinct non-negative integers, got {seeds!r}")
     alpha, floor = gate.get("alpha", ALPHA), gate.get("floor", FLOOR)
     if not _number(alpha) or not 0 < alpha < 0.5:
@@ -234,7 +242,7 @@ def load_reference(path: str | Path) -> GateReference:
             raise BenchError(f"{path}: reference {i}: model {r['model']!r} does not log {r['metric']}")
         if not _number(r["mean"]) or not _number(r["sd"]) or r["sd"] < 0:
             raise BenchError(f"{path}: reference {i}: mean must be a number and sd a number >= 0")
-        if isinstance(r["n"], bool) or not isinstance(r["n"], int) or r["n"] < 3:
+        if not _valid(_CALIBRATION_N, r["n"]):
             raise BenchError(f"{path}: reference {i}: n must be an integer >= 3, got {r['n']!r}")
         refs.append(Reference(r["model"], r["metric"], float(r["mean"]), float(r["sd"]), r["n"]))
     if len({(r.model, r.metric) for r in refs}) != len(refs):
@@ -262,7 +270,15 @@ def write_reference(path: str | Path, ref: GateReference) -> None:
 
 
 def _number(v: object) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+    return _valid(_NUMBER, v)
+
+
+def _valid(adapter: TypeAdapter, value: Any) -> bool:
+    try:
+        adapter.validate_python(value)
+    except ValidationError:
+        return False
+    return True
 
 
 def _toml(v: object) -> str:

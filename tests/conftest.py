@@ -1,7 +1,7 @@
-"""Shared pytest fixtures: the data folder, a small in-memory MNIST, a tiny model config and a trained VAE.
+"""Shared pytest fixtures: the data folder, a small in-memory MNIST, a seeded generator and a trained VAE.
 
-Data fixtures skip only when VAE_DATA_DIR is unset (CI sets it); a set but
-wrong folder fails the tests that need it, as it should.
+`data_root` is the one way a test finds the data. It skips only when $VAE_DATA_DIR is unset and
+./data lacks MNIST; a folder named by the variable but wrong fails the tests that need it, as it should.
 """
 
 from __future__ import annotations
@@ -12,23 +12,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from vae.data import DATA_ENV, DataConfig, Datasets, load_data
-from vae.model import ModelConfig, build_model
+from tests.helpers import SMALL_DATA, TINY_MODEL, data_folder, has_mnist
+from vae.data import DATA_ENV, Datasets, load_data
+from vae.model import build_model
 from vae.train import TrainConfig, fit, seed_everything
-
-# 500 train / 500 val / 500 test images: big enough for the ELBO to move, small enough for ~0.3 s per load
-SMALL_DATA = DataConfig(dataset="mnist", binarize="dynamic", val_size=500, limit=500, test_limit=500, split_seed=0)
-# small enough that the tests can afford a dozen fits of 10-50 Adam steps each
-TINY_MODEL = ModelConfig(latent_dim=8, hidden_width=64, hidden_layers=1)
 
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    """The folder named by $VAE_DATA_DIR; the test is skipped only when the variable is unset."""
-    root = os.environ.get(DATA_ENV)
-    if not root:
-        pytest.skip(f"{DATA_ENV} is not set (point it at the folder holding MNIST/raw)")
-    return Path(root)
+    """The data folder: $VAE_DATA_DIR, else ./data (see tests.helpers.data_folder)."""
+    root = data_folder()
+    if not os.environ.get(DATA_ENV) and not has_mnist(root):
+        pytest.skip(f"{DATA_ENV} is not set and {root} holds no MNIST (point {DATA_ENV} at the folder holding MNIST/raw)")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,12 @@ import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Annotated, Iterator, Literal
 
 import torch
+from annotated_types import Interval
+
+from vae.checks import check_fields
 
 DATA_ENV = "VAE_DATA_DIR"
 DEFAULT_ROOT = Path("data")
@@ -39,26 +42,17 @@ class DataError(Exception):
 class DataConfig:
     """Which images, how many, and how targets are binarized."""
 
-    dataset: Literal["mnist", "fashion-mnist"] = "mnist"
+    dataset: Literal["mnist", "fashion-mnist"] = "mnist"  # a key of DATASET_FOLDERS
     binarize: Literal["none", "dynamic"] = "dynamic"  # "none": grayscale targets in [0, 1]
-    val_size: int = 5000  # images held out of the 60,000 training images; 0 allowed
-    limit: int | None = None  # at most this many training images (after the split); None = all
-    test_limit: int | None = None  # at most this many test images; None = all 10,000
-    split_seed: int = 0  # seed of the train/validation permutation
+    val_size: Annotated[int, Interval(ge=0, le=59_999)] = 5000  # images held out of the 60,000 training images; 0 allowed
+    limit: Annotated[int, Interval(ge=1)] | None = None  # at most this many training images (after the split); None = all
+    test_limit: Annotated[int, Interval(ge=1)] | None = None  # at most this many test images; None = all 10,000
+    split_seed: Annotated[int, Interval(ge=0, le=2**32 - 1)] = 0  # seed of the train/validation permutation
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASET_FOLDERS:
+        if self.dataset not in DATASET_FOLDERS:  # named from the registry of loaders, as check_data names it
             raise ValueError(f"dataset must be one of {sorted(DATASET_FOLDERS)}, got {self.dataset!r}")
-        if self.binarize not in ("none", "dynamic"):
-            raise ValueError(f"binarize must be 'none' or 'dynamic', got {self.binarize!r}")
-        for name, high in (("val_size", 59_999), ("split_seed", 2**32 - 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= high:
-                raise ValueError(f"{name} must be an integer in [0, {high}], got {v!r}")
-        for name in ("limit", "test_limit"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name} must be a positive integer or absent, got {v!r}")
+        check_fields(self)
 
 
 @dataclass

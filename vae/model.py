@@ -7,11 +7,13 @@ is the VAE's encoder and decoder without the log-variance head and the KL term.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from annotated_types import Interval
 from torch import nn
 
+from vae.checks import check_fields
 from vae.loss import bernoulli_nll, elbo_terms
 
 IMAGE_SHAPE = (1, 28, 28)
@@ -24,20 +26,14 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "ge
 class ModelConfig:
     """Architecture and KL weight of one model."""
 
-    latent_dim: int = 20  # size of z
-    hidden_width: int = 400  # units in each hidden layer, encoder and decoder alike
-    hidden_layers: int = 1  # hidden layers in the encoder (and mirrored in the decoder)
-    beta: float = 1.0  # KL weight in the training loss; reported ELBO always uses 1
-    activation: Literal["relu", "tanh", "gelu", "elu"] = "relu"
+    latent_dim: Annotated[int, Interval(ge=1, le=4096)] = 20  # size of z
+    hidden_width: Annotated[int, Interval(ge=1, le=65536)] = 400  # units in each hidden layer, encoder and decoder alike
+    hidden_layers: Annotated[int, Interval(ge=0, le=16)] = 1  # hidden layers in the encoder (and mirrored in the decoder)
+    beta: Annotated[float, Interval(ge=0, le=1000)] = 1.0  # KL weight in the training loss; reported ELBO always uses 1
+    activation: Literal["relu", "tanh", "gelu", "elu"] = "relu"  # a key of ACTIVATIONS
 
     def __post_init__(self) -> None:
-        _check_int("latent_dim", self.latent_dim, 1, 4096)
-        _check_int("hidden_width", self.hidden_width, 1, 65536)
-        _check_int("hidden_layers", self.hidden_layers, 0, 16)
-        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not 0 <= self.beta <= 1000:
-            raise ValueError(f"beta must be a number in [0, 1000], got {self.beta!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        check_fields(self)
 
     def matmul_flops_per_image(self) -> int:
         """Forward multiply-add FLOPs (2 per MAC) of encoder + decoder for one image."""
@@ -46,11 +42,6 @@ class ModelConfig:
         dec_dims = [self.latent_dim] + [self.hidden_width] * self.hidden_layers
         dec = list(zip(dec_dims, dec_dims[1:] + [INPUT_DIM]))
         return 2 * sum(a * b for a, b in enc + dec)
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
 
 
 def mlp(in_dim: int, width: int, layers: int, out_dim: int, activation: str) -> nn.Sequential:

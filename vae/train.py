@@ -13,13 +13,15 @@ import random
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Annotated, Callable, Iterable, Literal
 
 import numpy as np
 import torch
+from annotated_types import Interval
 from torch import nn
 from tqdm.auto import tqdm
 
+from vae.checks import check_fields
 from vae.data import Datasets
 from vae.denormal import denormals_flushed
 from vae.evaluate import elbo_metrics
@@ -33,26 +35,17 @@ NONFINITE_CHECK_EVERY = 25  # steps between checks of the running loss (a host s
 class TrainConfig:
     """Optimisation settings of one training run."""
 
-    epochs: int = 10  # passes over the training split
-    batch_size: int = 128  # images per Adam step
-    lr: float = 1e-3  # Adam learning rate
-    seed: int = 0  # seeds shuffling, binarization and z noise (fit's own generators); weights: seed_everything(seed) before build_model
+    epochs: Annotated[int, Interval(ge=1, le=100_000)] = 10  # passes over the training split
+    batch_size: Annotated[int, Interval(ge=1, le=1_000_000)] = 128  # images per Adam step
+    lr: Annotated[float, Interval(gt=0, le=10)] = 1e-3  # Adam learning rate
+    # seeds shuffling, binarization and z noise (fit's own generators); weights: seed_everything(seed) before build_model
+    seed: Annotated[int, Interval(ge=0, le=2**32 - 1)] = 0
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls, fp32 weights and loss
     compile: bool = False  # torch.compile the model's loss (forward and backward); first steps compile
     flush_denormal: bool = True  # on a CPU, treat subnormal floats as 0 while training (vae.denormal says why)
 
     def __post_init__(self) -> None:
-        for name, low, high in (("epochs", 1, 100_000), ("batch_size", 1, 1_000_000), ("seed", 0, 2**32 - 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-                raise ValueError(f"{name} must be an integer in [{low}, {high}], got {v!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr <= 10:
-            raise ValueError(f"lr must be a number in (0, 10], got {self.lr!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        for name in ("compile", "flush_denormal"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        check_fields(self)
 
 
 class NonFiniteLossError(RuntimeError):

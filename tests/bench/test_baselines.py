@@ -75,9 +75,9 @@ def test_autoencoder_reconstructs_training_images_better_than_pca_at_equal_laten
     assert ae_mse <= pca_mse  # measured 34.6 against 42.8 (squared error per image)
 
 
-def test_autoencoder_shares_the_vae_architecture_and_is_seeded(data):
+def test_autoencoder_shares_the_vae_architecture_and_is_seeded(data, data_root):
     mc, tc = ModelConfig(latent_dim=4, hidden_width=64), TrainConfig(epochs=1, seed=3)
-    small = load_data(DataConfig(limit=300, val_size=0, test_limit=10))
+    small = load_data(DataConfig(limit=300, val_size=0, test_limit=10), data_root)
     a, b = train_baseline("ae", mc, tc, small), train_baseline("ae", mc, tc, small)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name  # same seed, same weights after training

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.bench.conftest import REPO, cli_env
+from tests.bench.helpers import REPO, cli_env
 
 COMMANDS = ("run", "report", "check", "perf", "overhead", "scale", "replicates_perf", "step_ab", "gpu_check")
 

@@ -45,14 +45,6 @@ needs_postgres = pytest.mark.postgres
 
 
 @pytest.fixture(scope="module")
-def data_dir() -> str:
-    root = os.environ.get("VAE_DATA_DIR")
-    if not root:
-        pytest.skip("VAE_DATA_DIR is not set (point it at the folder holding MNIST/raw)")
-    return root
-
-
-@pytest.fixture(scope="module")
 def pg() -> None:
     if not postgres_available():
         pytest.skip("no PostgreSQL server at 127.0.0.1:5432 (trust auth, user postgres)")
@@ -112,11 +104,11 @@ class Worker:
 
     count = 0
 
-    def __init__(self, cwd: Path, args: list[str], data_dir: str) -> None:
+    def __init__(self, cwd: Path, args: list[str], data_dir: Path) -> None:
         Worker.count += 1
         self.out = cwd / f"worker-{Worker.count}.out"
         self.err = cwd / f"worker-{Worker.count}.err"
-        env = {**os.environ, "PYTHONPATH": str(PROJECT), "VAE_DATA_DIR": data_dir}
+        env = {**os.environ, "PYTHONPATH": str(PROJECT), "VAE_DATA_DIR": str(data_dir)}
         env.pop("MLFLOW_TRACKING_URI", None)
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "bench.run", *args], cwd=cwd, env=env, stdout=out, stderr=err)
@@ -147,7 +139,7 @@ def workers():
     """Start workers with `workers(cwd, args, data_dir)`; any still running at the end are killed."""
     started: list[Worker] = []
 
-    def start(cwd: Path, args: list[str], data_dir: str) -> Worker:
+    def start(cwd: Path, args: list[str], data_dir: Path) -> Worker:
         started.append(Worker(cwd, args, data_dir))
         return started[-1]
 
@@ -310,10 +302,10 @@ def test_a_joining_worker_does_not_propose_the_creators_configurations(tmp_path)
 
 
 @needs_postgres
-def test_sigterm_ends_the_trial_as_killed_and_a_rerun_completes(tmp_path, data_dir, new_db, mlflow_server, workers):
+def test_sigterm_ends_the_trial_as_killed_and_a_rerun_completes(tmp_path, data_root, new_db, mlflow_server, workers):
     study, storage, url = study_file(tmp_path), new_db(), mlflow_server.url
     name = study_name(study)
-    a = workers(tmp_path, run_args(study, storage, url, 1, "--epochs", "200"), data_dir)
+    a = workers(tmp_path, run_args(study, storage, url, 1, "--epochs", "200"), data_root)
     trial = wait_for_running_trial(storage, worker=a)
     a.proc.send_signal(signal.SIGTERM)
     assert a.wait(timeout=120) == 130, a.stderr()
@@ -327,7 +319,7 @@ def test_sigterm_ends_the_trial_as_killed_and_a_rerun_completes(tmp_path, data_d
     assert "KeyboardInterrupt" in run.data.tags["fail_reason"]
     assert [p.info.status for p in parents] == ["KILLED"]
 
-    b = workers(tmp_path, run_args(study, storage, url, 1), data_dir)
+    b = workers(tmp_path, run_args(study, storage, url, 1), data_root)
     assert b.wait() == 0, b.stderr()
     study_obj, _ = check_study(storage, url, name, 1)
     assert [t.state for t in study_obj.trials] == [TrialState.FAIL, TrialState.COMPLETE]
@@ -451,13 +443,13 @@ def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
 
 
 @pytest.mark.slow  # ~40-50 s
-def test_a_waiting_worker_recovers_a_local_worker_killed_mid_trial(tmp_path, data_dir, workers):
+def test_a_waiting_worker_recovers_a_local_worker_killed_mid_trial(tmp_path, data_root, workers):
     """Journal file, no heartbeats: B has run its share and waits on A's trial when A is SIGKILLed."""
     study, tracking = study_file(tmp_path), f"sqlite:///{tmp_path / 'mlflow.db'}"
     path = tmp_path / "optuna.journal"
-    a = workers(tmp_path, run_args(study, str(path), tracking, 2, "--epochs", "500"), data_dir)
+    a = workers(tmp_path, run_args(study, str(path), tracking, 2, "--epochs", "500"), data_root)
     killed = wait_for_running_trial(journal(path), worker=a)
-    b = workers(tmp_path, run_args(study, str(path), tracking, 2), data_dir)
+    b = workers(tmp_path, run_args(study, str(path), tracking, 2), data_root)
     # B ran the other trial while A trains: now it only waits for A's
     wait_for(lambda: load(journal(path)).get_trials(states=FINISHED), 180, "B's trial")
     assert a.proc.poll() is None, "A finished its 500-epoch trial: make it longer"
@@ -477,13 +469,13 @@ def test_a_waiting_worker_recovers_a_local_worker_killed_mid_trial(tmp_path, dat
 
 
 @needs_postgres
-def test_a_worker_killed_mid_trial_is_retried_and_its_run_closed(tmp_path, data_dir, new_db, mlflow_server, workers):
+def test_a_worker_killed_mid_trial_is_retried_and_its_run_closed(tmp_path, data_root, new_db, mlflow_server, workers):
     study, storage, url = study_file(tmp_path), new_db(), mlflow_server.url
-    a = workers(tmp_path, run_args(study, storage, url, 2, "--epochs", "500"), data_dir)
+    a = workers(tmp_path, run_args(study, storage, url, 2, "--epochs", "500"), data_root)
     killed = wait_for_running_trial(storage, worker=a)
     a.proc.send_signal(signal.SIGKILL)
     assert a.wait(timeout=30) == -signal.SIGKILL
-    b = workers(tmp_path, run_args(study, storage, url, 2), data_dir)
+    b = workers(tmp_path, run_args(study, storage, url, 2), data_root)
     assert b.wait() == 0, b.stderr()
 
     study_obj, trial_runs = check_study(storage, url, study_name(study), 2)
@@ -524,16 +516,16 @@ def freeze(worker: Worker, dbname: str) -> None:
 
 @needs_postgres
 @pytest.mark.slow  # ~40-50 s
-def test_a_hung_worker_loses_its_trial_to_the_heartbeat(tmp_path, data_dir, new_db, mlflow_server, workers):
+def test_a_hung_worker_loses_its_trial_to_the_heartbeat(tmp_path, data_root, new_db, mlflow_server, workers):
     """A frozen worker (SIGSTOP: its pid lives, so only the heartbeat can tell) is failed after the grace period."""
     from bench.storage import GRACE_PERIOD_S
 
     study, storage, url = study_file(tmp_path), new_db(), mlflow_server.url
-    a = workers(tmp_path, run_args(study, storage, url, 2, "--epochs", "500"), data_dir)
+    a = workers(tmp_path, run_args(study, storage, url, 2, "--epochs", "500"), data_root)
     hung = wait_for_running_trial(storage, worker=a)
     freeze(a, storage.rsplit("/", 1)[1])
     frozen_at = time.monotonic()
-    b = workers(tmp_path, run_args(study, storage, url, 2), data_dir)
+    b = workers(tmp_path, run_args(study, storage, url, 2), data_root)
     try:
         assert b.wait() == 0, b.stderr()
     finally:
@@ -553,14 +545,14 @@ def test_a_hung_worker_loses_its_trial_to_the_heartbeat(tmp_path, data_dir, new_
 # ----------------------------------------------------------------- sharing a study
 
 
-def start_together(workers, n: int, cwd: Path, args: list[str], data_dir: str) -> list[Worker]:
+def start_together(workers, n: int, cwd: Path, args: list[str], data_dir: Path) -> list[Worker]:
     return [workers(cwd, args, data_dir) for _ in range(n)]
 
 
 @needs_postgres
-def test_two_workers_share_a_study_on_postgres_and_an_mlflow_server(tmp_path, data_dir, new_db, mlflow_server, workers):
+def test_two_workers_share_a_study_on_postgres_and_an_mlflow_server(tmp_path, data_root, new_db, mlflow_server, workers):
     study, storage, url = study_file(tmp_path, epochs=20, limit=2000, prune=False), new_db(), mlflow_server.url
-    ws = start_together(workers, 2, tmp_path, run_args(study, storage, url, 4), data_dir)
+    ws = start_together(workers, 2, tmp_path, run_args(study, storage, url, 4), data_root)
     for w in ws:
         assert w.wait() == 0, w.stderr()
     study_obj, trial_runs = check_study(storage, url, study_name(study), 4)
@@ -571,20 +563,20 @@ def test_two_workers_share_a_study_on_postgres_and_an_mlflow_server(tmp_path, da
 
 @needs_postgres
 @pytest.mark.slow  # ~40-50 s
-def test_four_workers_started_at_once_make_one_parent_run(tmp_path, data_dir, new_db, mlflow_server, workers):
+def test_four_workers_started_at_once_make_one_parent_run(tmp_path, data_root, new_db, mlflow_server, workers):
     """Four processes race to create the study, its tables and its parent run; nothing is made twice."""
     study, storage, url = study_file(tmp_path), new_db(), mlflow_server.url
-    ws = start_together(workers, 4, tmp_path, run_args(study, storage, url, 6), data_dir)
+    ws = start_together(workers, 4, tmp_path, run_args(study, storage, url, 6), data_root)
     for w in ws:
         assert w.wait() == 0, w.stderr()
     check_study(storage, url, study_name(study), 6)
 
 
-def test_local_workers_share_the_default_journal_and_a_sqlite_store(tmp_path, data_dir, workers):
+def test_local_workers_share_the_default_journal_and_a_sqlite_store(tmp_path, data_root, workers):
     """`--workers 2` with no --storage: two processes on ./optuna.journal in the working directory."""
     # trials long enough that worker 0 is still busy when worker 1 has imported torch and loaded the data
     study, tracking = study_file(tmp_path, epochs=40, limit=2000, prune=False), f"sqlite:///{tmp_path / 'mlflow.db'}"
-    w = workers(tmp_path, run_args(study, None, tracking, 4, "--workers", "2"), data_dir)
+    w = workers(tmp_path, run_args(study, None, tracking, 4, "--workers", "2"), data_root)
     assert w.wait() == 0, w.stderr()
     study_obj, _ = check_study(journal(tmp_path / "optuna.journal"), tracking, study_name(study), 4)
     ran_by = {t.user_attrs["worker"] for t in study_obj.trials if "worker" in t.user_attrs}
@@ -606,10 +598,10 @@ def assert_one_line_error(w: Worker, needle: str) -> None:
 
 
 @needs_postgres
-def test_an_unreachable_database_is_one_line_and_exit_2(tmp_path, data_dir, mlflow_server, workers):
+def test_an_unreachable_database_is_one_line_and_exit_2(tmp_path, data_root, mlflow_server, workers):
     study = study_file(tmp_path)
     storage = closed_port_url("postgresql").replace("://", "://postgres@") + "/optuna"
-    w = workers(tmp_path, run_args(study, storage, mlflow_server.url, 2), data_dir)
+    w = workers(tmp_path, run_args(study, storage, mlflow_server.url, 2), data_root)
     assert_one_line_error(w, "cannot reach the Optuna storage")
     import mlflow
 
@@ -617,9 +609,9 @@ def test_an_unreachable_database_is_one_line_and_exit_2(tmp_path, data_dir, mlfl
 
 
 @needs_postgres
-def test_an_unreachable_tracking_server_is_one_line_and_exit_2(tmp_path, data_dir, new_db, workers):
+def test_an_unreachable_tracking_server_is_one_line_and_exit_2(tmp_path, data_root, new_db, workers):
     study, storage = study_file(tmp_path), new_db()
-    w = workers(tmp_path, run_args(study, storage, closed_port_url("http"), 2), data_dir)
+    w = workers(tmp_path, run_args(study, storage, closed_port_url("http"), 2), data_root)
     assert_one_line_error(w, "cannot reach the MLflow tracking server")
     import psycopg
 

@@ -9,12 +9,11 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from bench.frontier import pareto_mask
-from tests.bench.conftest import TEST_STUDIES, StudyRun, png_size, require_mnist, run_cli
+from tests.bench.helpers import TEST_STUDIES, StudyRun, png_size, run_cli
 
 
 @pytest.fixture(scope="module")
-def rd(tmp_path_factory):
-    require_mnist()
+def rd(tmp_path_factory, data_root):
     run = StudyRun(tmp_path_factory.mktemp("rd"), "rd_tiny")
     args = [a for a in run.args(TEST_STUDIES / "rd_tiny.toml") if a != "--no-baselines"]
     run.proc = run_cli(args, run.cwd)

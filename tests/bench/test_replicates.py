@@ -12,7 +12,7 @@ import torch
 
 from bench.replicates import Replicate, plan, train_replicate
 from bench.spec import load_spec
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
 from vae.model import build_model
 from vae.train import TrainConfig, fit, seed_everything
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from bench.report import SHARED_METRICS
-from tests.bench.conftest import cli_env, png_size, run_cli
+from tests.bench.helpers import cli_env, png_size, run_cli
 
 MODELS = ("vae", "ae", "pca")
 LATENTS = (2, 4)  # smoke.toml covers both sizes

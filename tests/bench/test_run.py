@@ -14,7 +14,8 @@ from optuna.trial import TrialState
 
 from bench.run import build_parser
 from bench.spec import STUDIES_DIR, available_studies
-from tests.bench.conftest import REPO, TEST_STUDIES, StudyRun, data_dir, logged_images, png_size, require_mnist, run_cli
+from tests.bench.helpers import REPO, TEST_STUDIES, StudyRun, logged_images, png_size, run_cli
+from tests.helpers import data_folder
 
 FINISHED_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}
 
@@ -95,9 +96,8 @@ def test_rerun_resumes_under_the_same_parent_and_n_trials_adds_exactly_one(smoke
 
 
 @pytest.fixture(scope="module")
-def faults(tmp_path_factory):
+def faults(tmp_path_factory, data_root):
     """tests/bench/studies/faults.toml run once: trial 0 completes, 1 goes NaN, 2 is pruned."""
-    require_mnist()
     run = StudyRun(tmp_path_factory.mktemp("faults"), "faults")
     run.run(TEST_STUDIES / "faults.toml")
     rec = run.record()
@@ -165,8 +165,7 @@ def test_two_dimensional_latents_get_their_pictures(faults, tmp_path):
 # ------------------------------------------------------------------ coverage of a categorical parameter
 
 
-def test_covered_choices_each_run_in_full_first_and_are_never_pruned(tmp_path):
-    require_mnist()
+def test_covered_choices_each_run_in_full_first_and_are_never_pruned(tmp_path, data_root):
     run = StudyRun(tmp_path, "cover")
     run.run(TEST_STUDIES / "cover.toml")
     rec = run.record()
@@ -280,7 +279,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case: BadInput, tmp_
         text = SMOKE_TEXT.replace(*case.edit) if case.edit else SMOKE_TEXT
         toml.write_text(text + case.append)
     (inputs / "mnist_only").mkdir()
-    (inputs / "mnist_only" / "MNIST").symlink_to(data_dir() / "MNIST")  # the training data, not the OOD dataset
+    (inputs / "mnist_only" / "MNIST").symlink_to(data_folder() / "MNIST")  # the training data, not the OOD dataset
     subs = {"{toml}": str(toml), "{empty}": str(inputs / "empty"), "{port}": str(closed_port()),
             "{mnist_only}": str(inputs / "mnist_only")}
     args = [_sub(a, subs) for a in case.args]
@@ -354,16 +353,15 @@ def test_auto_workers_is_one_per_core_capped_by_trials_and_one_on_a_gpu():
 
 
 @pytest.mark.slow
-def test_two_workers_train_the_same_trials_as_one(tmp_path):
+def test_two_workers_train_the_same_trials_as_one(tmp_path, data_root):
     """A seeded grid study: run by one worker, and by two worker processes (one thread each) started
     together on one journal, the same configurations get the same validation and test numbers,
     whichever worker ran them."""
     import subprocess
     import sys
 
-    from tests.bench.conftest import cli_env
+    from tests.bench.helpers import cli_env
 
-    require_mnist()
     results = {}
     for workers in (1, 2):
         run = StudyRun(tmp_path / f"w{workers}", "grid")

@@ -5,12 +5,14 @@ In-process and fast: no training, no MLflow, no Optuna storage.
 
 from __future__ import annotations
 
+import json
 import tomllib
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from bench.errors import BenchError
-from bench.spec import STUDIES_DIR, SearchParam, StudySpec, available_studies, load_spec, parse_spec
+from bench.spec import SCHEMA_PATH, STUDIES_DIR, SearchParam, StudySpec, available_studies, load_spec, main, parse_spec, schema_text
 from vae.data import DataConfig
 
 
@@ -315,3 +317,46 @@ def test_load_spec_names_the_file_in_every_error(tmp_path):
     with pytest.raises(BenchError) as info:
         load_spec(str(path))
     assert str(info.value) == f"{path}: [train] epochs must be an integer in [1, 100000], got 0"
+
+
+# ---------------------------------------------------------------- the published schema
+
+
+def test_published_schema_is_the_one_the_models_make(tmp_path, capsys):
+    assert SCHEMA_PATH.read_text() == schema_text(), "studies/schema.json is stale: run python -m bench.spec"
+    assert main(["--out", str(tmp_path / "schema.json")]) == 0
+    assert (tmp_path / "schema.json").read_text() == schema_text()
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'schema.json'}\n"
+
+
+@pytest.mark.parametrize("name", available_studies())
+def test_every_shipped_study_validates_against_the_schema_it_names(name):
+    text = (STUDIES_DIR / f"{name}.toml").read_text()
+    assert text.startswith("#:schema ./schema.json\n")  # the editor hint (Taplo, Even Better TOML)
+    validator = Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+    assert [e.message for e in validator.iter_errors(tomllib.loads(text))] == []
+
+
+@pytest.mark.parametrize(
+    "section, values",
+    [
+        ("train", {"epochs": 0}),
+        ("train", {"learning_rate": 0.1}),
+        ("model", {"activation": "sigmoid"}),
+        ("data", {"limit": 0}),
+        ("study", {"metric": "test/elbo"}),
+        ("study", {"sampler": {"type": "cmaes"}}),
+        ("eval", {"ood_dataset": "cifar10"}),
+        ("baselines", {"models": ["vae"]}),
+        ("replicates", {"seeds": 0}),
+        ("search", {"beta": {"type": "float", "low": 1.0, "high": 2.0, "step": -1}}),
+        ("optimizer", {"name": "adam"}),
+    ],
+)
+def test_schema_refuses_what_load_spec_refuses(section, values):
+    raw = smoke_raw()
+    raw[section] = {**raw.get(section, {}), **values}
+    validator = Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+    assert list(validator.iter_errors(raw)), "the schema accepted it"
+    with pytest.raises(ValueError):
+        parse_spec(raw, "x")

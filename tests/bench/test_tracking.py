@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from bench.errors import BenchError
 from bench.spec import STUDIES_DIR, load_spec
 from bench.tracking import ROLE_TAG, Tracker, check_tracking_uri, to_uint8_image
-from tests.bench.conftest import REPO, data_dir, global_tracking_uri, logged_images, png_size
+from tests.bench.helpers import REPO, global_tracking_uri, logged_images, png_size
 from vae.data import load_data
 from vae.evaluate import elbo_metrics
 from vae.train import load_checkpoint, resolve_device
@@ -37,9 +37,9 @@ def complete(rec):
 
 
 @pytest.fixture(scope="module")
-def smoke_data():
+def smoke_data(data_root):
     spec = load_spec("smoke")
-    return load_data(spec.data, data_dir())
+    return load_data(spec.data, data_root)
 
 
 # ------------------------------------------------------------------ params and tags

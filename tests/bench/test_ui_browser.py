@@ -23,7 +23,7 @@ from urllib.parse import quote
 import pytest
 
 from bench import tags as T
-from tests.bench.conftest import cli_env
+from tests.bench.helpers import cli_env
 
 pytestmark = pytest.mark.slow  # a smoke study with baselines, a server start and a browser: minutes on 2 cores
 

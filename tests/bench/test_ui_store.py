@@ -15,7 +15,7 @@ import pytest
 from bench import metrics as M
 from bench import tags as T
 from bench.describe import registered_name
-from tests.bench.conftest import global_tracking_uri, logged_images
+from tests.bench.helpers import global_tracking_uri, logged_images
 
 EPOCHS = 2  # studies/smoke.toml
 LATENTS = (2, 4)

@@ -9,7 +9,7 @@ import torch
 
 from vae.data import Datasets
 from vae.denormal import denormals_flushed, flush_denormal, flush_denormal_enabled
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
 from vae.model import build_model
 from vae.train import TrainConfig, fit
 

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
 from vae.evaluate import (
     active_units,
     elbo_metrics,

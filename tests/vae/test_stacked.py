@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 import torch
 
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
 from vae.model import ModelConfig, build_model
 from vae.stacked import StackedModels, fit_replicates, stacking_wins
 from vae.train import TrainConfig, fit, make_optimizer, noise_generator, seed_everything

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
 from vae.data import Datasets, Split
 from vae.evaluate import elbo_metrics
 from vae.model import ModelConfig, build_model

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from vae.data import DATA_ENV, DataConfig, Datasets, Split, load_data
+from vae.data import DataConfig, Datasets, Split, load_data
 from vae.model import ModelConfig, build_model
 from vae.train import TrainConfig, fit
 
@@ -26,11 +26,8 @@ KEYS = ("train/recon_bce", "train/kl", "train/elbo", "val/recon_bce", "val/kl", 
 
 
 @pytest.fixture(scope="module")
-def data() -> Datasets:
-    root = os.environ.get(DATA_ENV)
-    if not root:
-        pytest.skip(f"{DATA_ENV} is not set (point it at the folder holding MNIST/raw)")
-    return load_data(DATA, Path(root), download=False)
+def data(data_root: Path) -> Datasets:
+    return load_data(DATA, data_root, download=False)
 
 
 @pytest.fixture
