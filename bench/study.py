@@ -24,7 +24,7 @@ from bench.spec import StudySpec
 from bench.storage import StaleTrialHandler, make_pruner, make_sampler, pid_alive, worker_id
 from bench.tracking import Tracker, git_commit
 
-PARENT_ATTR = T.PARENT_ATTR  # re-exported: tests and bench.scale read them from here
+PARENT_ATTR = T.PARENT_ATTR  # re-exported: tests and bench.perf.scale read them from here
 UID_ATTR = T.UID_ATTR
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 ACTIVE_STATES = (TrialState.RUNNING, TrialState.WAITING)

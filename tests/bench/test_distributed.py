@@ -675,12 +675,12 @@ def test_workers_starting_together_on_a_new_sqlite_store_all_open_it(tmp_path):
     assert [out.strip() for out, _ in outs] == ["ok"] * 3
 
 
-# ----------------------------------------------------------------- bench.scale (the benchmark itself is not run here)
+# ----------------------------------------------------------------- bench.perf.scale (the benchmark itself is not run here)
 
 
 @pytest.mark.parametrize("study", ["smoke", "latent", "ci", "seed"])
 def test_scale_runs_a_copy_of_the_study_under_a_fresh_name(tmp_path, study):
-    from bench.scale import study_copy
+    from bench.perf.scale import study_copy
     from bench.spec import load_spec
 
     first, second = study_copy(study, tmp_path), study_copy(study, tmp_path)
@@ -695,7 +695,7 @@ def test_scale_runs_a_copy_of_the_study_under_a_fresh_name(tmp_path, study):
     (["--n-trials", "0"], "--n-trials must be at least 1"),
 ])
 def test_scale_refuses_bad_flags_with_one_line(argv, message, capsys):
-    from bench.scale import main
+    from bench.perf.scale import main
 
     with pytest.raises(SystemExit) as exit_:
         main(argv)

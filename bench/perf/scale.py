@@ -1,4 +1,4 @@
-"""`python -m bench.scale`: trials per hour with 1, 2, 4 local workers, and how fast a killed worker's trial is retried.
+"""`python -m bench.perf.scale`: trials per hour with 1, 2, 4 local workers, and how fast a killed worker's trial is retried.
 
 Runs real `python -m bench.run` processes on fresh storages (databases under --storage-url are dropped after)."""
 
@@ -121,7 +121,7 @@ def bench_run(cfg: ScaleConfig, study: Path, storage: str | None, tracking: str,
     cmd += ["--storage", storage] if storage else []
     cmd += ["--epochs", str(cfg.epochs)] if cfg.epochs else []
     cmd += ["--data-dir", cfg.data_dir] if cfg.data_dir else []
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                        os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     with open(log, "ab") as out:
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -299,7 +299,7 @@ def _dispose(reader) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.perf.scale", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--study", default="smoke", help="study to run, a shipped name or a .toml path; each run uses a fresh copy (default: smoke)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="local worker counts to measure (default: 1 2 4)")
     p.add_argument("--n-trials", type=int, default=12, help="trials per throughput run (default: 12)")
