@@ -15,6 +15,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 from bench.errors import BenchError, HelpFormatter, cli_main
 
@@ -132,14 +133,17 @@ def _raise_interrupt(signum, frame):  # SIGTERM ends the current trial like Ctrl
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def spawn_workers(argv: list[str], n: int, threads: int) -> list[subprocess.Popen]:
-    """Start n-1 more local workers with the same arguments (this process is worker 0)."""
+def spawn_workers(argv: list[str], n: int, threads: int, **popen: Any) -> list[subprocess.Popen]:
+    """Start n-1 more local workers with the same arguments (this process is worker 0).
+
+    `popen` goes to subprocess.Popen (cwd, env, stdout): bench.perf.scale starts a worker with its own log.
+    """
     base = [a for a in argv]
     procs = []
     for i in range(1, n):
         cmd = [sys.executable, "-m", "bench.run", *base, "--workers", "1", "--threads", str(threads),
                "--worker-index", str(i), "--no-finalize", "--no-progress"]
-        procs.append(subprocess.Popen(cmd))
+        procs.append(subprocess.Popen(cmd, **popen))
     return procs
 
 
