@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import random
+import re
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +94,38 @@ def check_reachable(target: StorageTarget, timeout_s: int = 5) -> None:
     except Exception as exc:
         first = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BenchError(f"cannot reach the Optuna storage {target.display} ({first}); start the database or fix --storage") from None
+
+
+def database_url(server: str, name: str) -> str:
+    """The URL of database `name` on the server at `server` (a URL without a database)."""
+    return f"{server.rstrip('/')}/{name}"
+
+
+def maintenance_url(server: str) -> str:
+    """The server's own `postgres` database, as a URL libpq understands (postgresql+psycopg:// -> postgresql://)."""
+    return database_url(re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", server), "postgres")
+
+
+def create_database(server: str, prefix: str) -> str:
+    """A new empty database prefix_<random> on the PostgreSQL server at `server`; returns its URL.
+
+    For throwaway storages: the scale benchmark's runs and the scale-out tests; drop_database removes it.
+    """
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(maintenance_url(server), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return database_url(server, name)
+
+
+def drop_database(url: str) -> None:
+    """Drop the database at `url`, even while a killed worker or a server still holds connections to it."""
+    import psycopg
+
+    server, name = url.rsplit("/", 1)
+    with psycopg.connect(maintenance_url(server), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class StaleTrialHandler:

@@ -25,7 +25,7 @@ from bench.storage import StaleTrialHandler, optuna_pruner, optuna_sampler
 from bench.tracking import Tracker, git_commit
 from bench.workers import dead_local_worker
 
-PARENT_ATTR = T.PARENT_ATTR  # re-exported: tests and bench.scale read them from here
+PARENT_ATTR = T.PARENT_ATTR  # re-exported: tests and bench.perf.scale read them from here
 UID_ATTR = T.UID_ATTR
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 ACTIVE_STATES = (TrialState.RUNNING, TrialState.WAITING)

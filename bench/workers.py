@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from typing import Any
 
 import optuna
 
@@ -46,13 +47,16 @@ def dead_local_worker(worker: str) -> bool:
     return host == worker_id().rsplit(":", 1)[0] and pid.isdigit() and not pid_alive(int(pid))
 
 
-def spawn_workers(argv: list[str], n: int, threads: int) -> list[subprocess.Popen]:
-    """Start n-1 more local `bench.run` workers with the same arguments (this process is worker 0)."""
+def spawn_workers(argv: list[str], n: int, threads: int, **popen: Any) -> list[subprocess.Popen]:
+    """Start n-1 more local `bench.run` workers with the same arguments (this process is worker 0).
+
+    `popen` goes to subprocess.Popen (cwd, env, stdout): bench.perf.scale starts a worker with its own log.
+    """
     procs = []
     for i in range(1, n):
         cmd = [sys.executable, "-m", "bench.run", *argv, "--workers", "1", "--threads", str(threads),
                "--worker-index", str(i), "--no-finalize", "--no-progress"]
-        procs.append(subprocess.Popen(cmd))
+        procs.append(subprocess.Popen(cmd, **popen))
     return procs
 
 

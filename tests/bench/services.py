@@ -14,16 +14,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench import storage
+from bench.storage import database_url
 
 PG_URL = os.environ.get("VAEBENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432")  # server, no database
 SERVER_START_S = 180.0  # `mlflow server` takes ~30 s to answer /health on a loaded 2-core machine
 
 
 def db_url(name: str, base: str = PG_URL) -> str:
-    return f"{base.rstrip('/')}/{name}"
+    return database_url(base, name)
 
 
 def postgres_available(base: str = PG_URL, timeout_s: int = 3) -> bool:
@@ -37,21 +39,13 @@ def postgres_available(base: str = PG_URL, timeout_s: int = 3) -> bool:
 
 
 def create_database(prefix: str = "vaebench_test", base: str = PG_URL) -> str:
-    """A new empty database with a unique name; returns the name."""
-    import psycopg
-
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(db_url("postgres", base), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name
+    """A new empty database with a unique name (bench.storage.create_database); returns the name."""
+    return storage.create_database(base, prefix).rsplit("/", 1)[1]
 
 
 def drop_database(name: str, base: str = PG_URL) -> None:
     """Drop the database even if a killed worker or the server still holds connections to it."""
-    import psycopg
-
-    with psycopg.connect(db_url("postgres", base), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    storage.drop_database(db_url(name, base))
 
 
 def free_port() -> int:

@@ -10,7 +10,8 @@ import pytest
 
 from tests.bench.helpers import REPO, cli_env
 
-COMMANDS = ("run", "report", "check", "perf", "overhead", "scale", "replicates_perf", "step_ab", "gpu_check")
+COMMANDS = ("run", "report", "check", "perf", "perf.overhead", "perf.scale", "perf.replicates", "perf.step_ab",
+            "perf.gpu_check")
 
 
 def flag_blocks(help_text: str) -> dict[str, str]:

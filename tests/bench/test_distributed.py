@@ -666,32 +666,3 @@ def test_workers_starting_together_on_a_new_sqlite_store_all_open_it(tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-600:] for _, err in outs]
     assert [out.strip() for out, _ in outs] == ["ok"] * 3
-
-
-# ----------------------------------------------------------------- bench.scale (the benchmark itself is not run here)
-
-
-@pytest.mark.parametrize("study", ["smoke", "latent", "ci", "seed"])
-def test_scale_runs_a_copy_of_the_study_under_a_fresh_name(tmp_path, study):
-    from bench.scale import study_copy
-    from bench.spec import load_spec
-
-    first, second = study_copy(study, tmp_path), study_copy(study, tmp_path)
-    original, copy = load_spec(study), load_spec(str(first))
-    assert copy.name == first.stem != second.stem
-    assert dataclasses.replace(copy, name=original.name, path=None, text="") == dataclasses.replace(original, path=None, text="")
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--workers", "0"], "--workers must be counts between 1 and 64"),
-    (["--storage-url", "postgresql://postgres@127.0.0.1:5432/optuna"], "without a database"),
-    (["--n-trials", "0"], "--n-trials must be at least 1"),
-])
-def test_scale_refuses_bad_flags_with_one_line(argv, message, capsys):
-    from bench.scale import main
-
-    with pytest.raises(SystemExit) as exit_:
-        main(argv)
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and message in err, err

@@ -6,7 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.perf import REFERENCE_MODEL, ExamplesVAE, denormals_kept, epoch_matmul_flops, examples_loss, parse_args
+from bench.perf.__main__ import parse_args
+from bench.perf.examples import ExamplesVAE, denormals_kept, examples_loss
+from bench.perf.flops import epoch_matmul_flops
+from bench.perf.reference import REFERENCE_MODEL
 from vae.denormal import flush_denormal, flush_denormal_enabled
 from vae.model import build_model
 
@@ -77,7 +80,7 @@ def _result(share: float | None, ratio: float) -> dict:
 
 
 def test_the_table_states_the_cpu_kind_and_never_calls_a_contended_run_met():
-    from bench.perf import format_table
+    from bench.perf.table import format_table
 
     idle = format_table(_result(0.01, 1.1))
     assert "GenuineIntel Intel(R) Xeon(R) Processor (family/model 6/167)" in idle
@@ -89,3 +92,60 @@ def test_the_table_states_the_cpu_kind_and_never_calls_a_contended_run_met():
     unknown = format_table(_result(None, 1.1))  # no /proc/stat: cannot tell, so not judged either
     assert ": met" not in unknown
     assert "target <= 1.3: MISSED" in format_table(_result(0.30, 1.5))  # a miss is a miss, contended or not
+
+
+def _two_precisions() -> dict:
+    """fp32 on an idle machine, bf16 contended, both with --quality, and the reference loop's quality."""
+    result = _result(0.01, 1.2)
+    result["machine"].update(cpu_flags=[], bf16_matmul=False, load_avg_1m_end=1.25)
+    result.update(gemm_gflops={"fp32": {"square": 100.0, "model": 90.04}, "bf16": {"square": 300.55, "model": 120.0}},
+                  matmul_gflop_per_epoch=196.8, adam_s_per_epoch=0.1234,
+                  reference_quality={"seed": 0, "epochs": 10, "test_loss": 105.41})
+    for p, share, s, loss in (("fp32", 0.01, 1.0, 104.321), ("bf16", 0.3, 0.6, 106.5)):  # s: seconds per epoch
+        result["runs"][p] = {"epochs_s": [s, 1.1 * s, 0.9 * s], "reference_epochs_s": [9.0, 9.5, 8.75], "floor_s": 0.8 * s,
+                             "peak_floor_s": 0.5 * s, "floor_plus_adam_s": 0.95 * s, "epoch_s": s, "reference_epoch_s": 9.0,
+                             "speedup_vs_reference": 9.0 / s, "ratio_to_floor": 1.2 * s, "ratio_to_peak_floor": 2.0 * s,
+                             "ratio_to_fp32_floor": 0.85 * s, "max_others_cpu_share": share,
+                             "quality": {"epochs": 10, "test_loss": loss}}
+    return result
+
+
+# what the one-module bench/perf.py printed for _two_precisions(), before the table became rows declared as data
+TWO_PRECISIONS_TABLE = """\
+machine: GenuineIntel Intel(R) Xeon(R) Processor (family/model 6/167), 2 logical CPUs, flags (none of note), native bf16 matmul: no
+torch 2.x (AVX512), 2 threads; load average 0.1 at start, 1.25 at end
+
+matmul rate, GFLOP/s (best of 5 rounds)           fp32      bf16
+  2048^3 square GEMM (peak)                      100.0     300.6
+  the step's own GEMMs (the floor uses this)      90.0     120.0
+matmul work per epoch: 196.8 GFLOP (forward + backward, 60000 images)
+
+fp32  (seconds per epoch, median of 3 after 1 warm-up)
+  floor at the step's GEMM rate         0.800
+  floor at the square-GEMM peak         0.500
+  floor + fit's Adam steps              0.950   (Adam alone 0.123: not a matmul, not in the floor)
+  vae.train.fit                         1.000   all: 1.000 1.100 0.900
+  pytorch/examples way (reference)      9.000   all: 9.000 9.500 8.750
+  speedup vs reference    9.00x   target >= 8.0: met
+  ratio to floor          1.20    target <= 1.3: met   (to the peak floor: 2.00)
+  other processes used up to 1% of the CPUs during a timed epoch
+  test loss after 10 epochs   104.32   target <= 105.0: met   (pytorch/examples: 105.55)
+
+bf16  (seconds per epoch, median of 3 after 1 warm-up)
+  floor at the step's GEMM rate         0.480
+  floor at the square-GEMM peak         0.300
+  floor + fit's Adam steps              0.570   (Adam alone 0.123: not a matmul, not in the floor)
+  vae.train.fit                         0.600   all: 0.600 0.660 0.540
+  pytorch/examples way (reference)      9.000   all: 9.000 9.500 8.750
+  speedup vs reference   15.00x   target >= 8.0: NOT JUDGED (contended run: rerun on an idle machine)
+  ratio to fp32 floor     0.51    target < 1: NOT JUDGED (contended run: rerun on an idle machine)   (to its own bf16 floor: 0.72)
+  other processes used up to 30% of the CPUs during a timed epoch   WARNING: contended, these times are not the machine's
+  test loss after 10 epochs   106.50   target <= 105.0: MISSED   (pytorch/examples: 105.55)
+
+pytorch/examples loop, same seed (0): test loss after 10 epochs 105.41   target <= 105.0: MISSED"""
+
+
+def test_the_table_of_both_precisions_reads_as_before_line_for_line():
+    from bench.perf.table import format_table
+
+    assert format_table(_two_precisions()).splitlines() == TWO_PRECISIONS_TABLE.splitlines()

@@ -1,6 +1,6 @@
 """fit's training step before and after issue 12's overhead cuts, timed interleaved in one process, and its profile.
 
-`python -m bench.step_ab [--threads N] [--profile]`: the reference step (784-400-20, batch 128) with
+`python -m bench.perf.step_ab [--threads N] [--profile]`: the reference step (784-400-20, batch 128) with
 torch.optim.Adam(fused=True) and x[idx] gathers ("before") against fit's LeanAdam and index_select ("after").
 """
 
@@ -14,8 +14,9 @@ import time
 
 import torch
 
-from bench.errors import HelpFormatter
-from bench.perf import REFERENCE_MODEL, Stopwatch, machine_info
+from bench.errors import HelpFormatter, cli_main
+from bench.perf.machine import Stopwatch, machine_info
+from bench.perf.reference import REFERENCE_MODEL
 from vae.denormal import denormals_flushed
 from vae.model import build_model
 from vae.train import make_optimizer
@@ -42,8 +43,9 @@ def stepper(variant: str, x: torch.Tensor, batch: int = 128):
     return steps
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.step_ab", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m bench.perf.step_ab", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--rounds", type=int, default=15, help="interleaved rounds; the best is kept")

@@ -1,4 +1,4 @@
-"""`python -m bench.scale`: trials per hour with 1, 2, 4 local workers, and how fast a killed worker's trial is retried.
+"""`python -m bench.perf.scale`: trials per hour with 1, 2, 4 local workers, and how fast a killed worker's trial is retried.
 
 Runs real `python -m bench.run` processes on fresh storages (databases under --storage-url are dropped after)."""
 
@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -62,78 +63,55 @@ class ScaleConfig:
         return max(1, self.cores // workers)
 
 
-# ----------------------------------------------------------------- storages
-
-
-def _db_url(base: str, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}"
-
-
-def create_database(base: str) -> str:
-    """A new empty database on the server at `base`; returns its URL."""
-    import psycopg
-
-    name = f"{DB_PREFIX}_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(_db_url(_plain(base), "postgres"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return _db_url(base, name)
-
-
-def drop_database(url: str) -> None:
-    """Drop it even while a killed worker's connection lingers."""
-    import psycopg
-
-    base, name = url.rsplit("/", 1)
-    with psycopg.connect(_db_url(_plain(base), "postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _plain(url: str) -> str:
-    """postgresql+psycopg://... -> postgresql://... (what libpq understands)."""
-    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
-
-
 # ----------------------------------------------------------------- one run
 
 
 def study_copy(study: str, folder: Path) -> Path:
-    """The study file under a fresh name (the file's stem): its own Optuna study and MLflow experiment."""
-    from bench.spec import resolve_study
+    """The study file under a fresh name (the file's stem): its own Optuna study and MLflow experiment.
 
-    text = resolve_study(study).read_text(encoding="utf-8")
-    # drop `name = ...` from the [study] table: the name then comes from the copy's file name
-    head = re.search(r"(?m)^\[study\][ \t]*$", text)
-    if head:
-        end = re.search(r"(?m)^\[", text[head.end():])
-        stop = head.end() + (end.start() if end else len(text) - head.end())
-        text = text[: head.end()] + re.sub(r"(?m)^[ \t]*name[ \t]*=.*\n?", "", text[head.end() : stop], count=1) + text[stop:]
+    Written from the validated spec's data with [study] name left out, so the name comes from the file.
+    """
+    from bench.perf.toml_writer import dumps
+    from bench.spec import load_spec
+
+    data = tomllib.loads(load_spec(study).text)
+    data.get("study", {}).pop("name", None)
     path = folder / f"scale-{uuid.uuid4().hex[:8]}.toml"
-    path.write_text(text, encoding="utf-8")
+    path.write_text(dumps(data), encoding="utf-8")
     return path
 
 
-def bench_run(cfg: ScaleConfig, study: Path, storage: str | None, tracking: str, n_trials: int,
-              workers: int, threads: int, cwd: Path, log: Path) -> subprocess.Popen:
+def run_argv(cfg: ScaleConfig, study: Path, storage: str | None, tracking: str, n_trials: int) -> list[str]:
+    """The arguments of `python -m bench.run` for one measurement, but for --workers and --threads."""
+    argv = ["--study", str(study), "--n-trials", str(n_trials), "--tracking-uri", tracking, "--no-baselines", "--no-progress"]
+    argv += ["--storage", storage] if storage else []
+    argv += ["--epochs", str(cfg.epochs)] if cfg.epochs else []
+    argv += ["--data-dir", cfg.data_dir] if cfg.data_dir else []
+    return argv
+
+
+def worker_env() -> dict[str, str]:
+    """This checkout first on the path of the workers, which run in temporary folders."""
+    root = str(Path(__file__).resolve().parents[2])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+
+
+def bench_run(argv: list[str], workers: int, threads: int, cwd: Path, log: Path) -> subprocess.Popen:
     """`python -m bench.run` in `cwd` (where the default journal file goes), output appended to `log`."""
-    cmd = [sys.executable, "-m", "bench.run", "--study", str(study), "--n-trials", str(n_trials),
-           "--workers", str(workers), "--threads", str(threads), "--tracking-uri", tracking,
-           "--no-baselines", "--no-progress"]
-    cmd += ["--storage", storage] if storage else []
-    cmd += ["--epochs", str(cfg.epochs)] if cfg.epochs else []
-    cmd += ["--data-dir", cfg.data_dir] if cfg.data_dir else []
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
-                                                       os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    cmd = [sys.executable, "-m", "bench.run", *argv, "--workers", str(workers), "--threads", str(threads)]
     with open(log, "ab") as out:
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(cmd, cwd=cwd, env=worker_env(), stdout=out, stderr=subprocess.STDOUT)
 
 
 def open_reader(storage: str | None, cwd: Path):
+    """The run's Optuna storage, to read trials from; a database is opened without creating its tables,
+    which the workers may be creating at the same moment."""
     import optuna
 
-    if storage is None:
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from bench.storage import DEFAULT_JOURNAL, StorageTarget, open_storage
 
-        return JournalStorage(JournalFileBackend(str(cwd / "optuna.journal")))
+    if storage is None:
+        return open_storage(StorageTarget("journal", str(cwd / DEFAULT_JOURNAL)))
     return optuna.storages.RDBStorage(storage, skip_table_creation=True, skip_compatibility_check=True)
 
 
@@ -159,13 +137,16 @@ class Throughput:
 def measure_throughput(cfg: ScaleConfig, workers: int, tmp: Path) -> Throughput:
     from optuna.trial import TrialState
 
+    from bench.storage import create_database, drop_database
+
     cwd = Path(tempfile.mkdtemp(prefix=f"w{workers}-", dir=tmp))
     study = study_copy(cfg.study, cwd)
-    storage = create_database(cfg.storage_url) if cfg.storage_url else None
+    storage = create_database(cfg.storage_url, DB_PREFIX) if cfg.storage_url else None
     tracking = cfg.tracking_uri or f"sqlite:///{cwd / 'mlflow.db'}"
     try:
         t0 = time.monotonic()
-        proc = bench_run(cfg, study, storage, tracking, cfg.n_trials, workers, cfg.threads(workers), cwd, cwd / "run.log")
+        argv = run_argv(cfg, study, storage, tracking, cfg.n_trials)
+        proc = bench_run(argv, workers, cfg.threads(workers), cwd, cwd / "run.log")
         rc = _wait(proc, RUN_TIMEOUT_S)
         wall = time.monotonic() - t0
         if rc != 0:
@@ -202,19 +183,21 @@ def measure_recovery(cfg: ScaleConfig, tmp: Path) -> Recovery:
     """Two workers on an RDB storage; SIGKILL one mid-trial; time until its trial is retried."""
     from optuna.trial import TrialState
 
-    from bench.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S
+    from bench.workers import spawn_workers
+    from bench.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, create_database, drop_database
 
     cwd = Path(tempfile.mkdtemp(prefix="recovery-", dir=tmp))
     study = study_copy(cfg.study, cwd)
-    storage = create_database(cfg.storage_url) if cfg.storage_url else f"sqlite:///{cwd / 'optuna.db'}"
+    storage = create_database(cfg.storage_url, DB_PREFIX) if cfg.storage_url else f"sqlite:///{cwd / 'optuna.db'}"
     tracking = cfg.tracking_uri or f"sqlite:///{cwd / 'mlflow.db'}"
     procs: list[subprocess.Popen] = []
     reader = None
     try:
-        # two separate processes (not --workers 2) so that one can be killed alone
-        for i in range(2):
-            procs.append(bench_run(cfg, study, storage, tracking, cfg.recovery_trials, 1, cfg.threads(2), cwd,
-                                   cwd / f"worker-{i}.log"))
+        # the two workers of --workers 2, but both started here, so that one can be killed alone
+        argv = run_argv(cfg, study, storage, tracking, cfg.recovery_trials)
+        procs.append(bench_run(argv, 1, cfg.threads(2), cwd, cwd / "worker-0.log"))
+        with open(cwd / "worker-1.log", "ab") as out:
+            procs += spawn_workers(argv, 2, cfg.threads(2), cwd=cwd, env=worker_env(), stdout=out, stderr=subprocess.STDOUT)
         victim = procs[0]
         reader = _poll(lambda: _reader_when_ready(storage, cwd, study.stem), procs, cwd, "the study to be created")
 
@@ -299,7 +282,7 @@ def _dispose(reader) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.perf.scale", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--study", default="smoke", help="study to run, a shipped name or a .toml path; each run uses a fresh copy (default: smoke)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="local worker counts to measure (default: 1 2 4)")
     p.add_argument("--n-trials", type=int, default=12, help="trials per throughput run (default: 12)")
@@ -323,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def validate(args: argparse.Namespace) -> ScaleConfig:
     from bench.spec import load_spec
-    from bench.storage import StorageTarget, check_reachable
+    from bench.storage import StorageTarget, check_reachable, maintenance_url
     from bench.tracking import check_tracking_uri
     from vae.data import DataError, check_data
 
@@ -340,7 +323,7 @@ def validate(args: argparse.Namespace) -> ScaleConfig:
     except DataError as exc:
         raise BenchError(str(exc)) from None
     if cfg.storage_url:
-        check_reachable(StorageTarget("rdb", _db_url(_plain(cfg.storage_url), "postgres")))
+        check_reachable(StorageTarget("rdb", maintenance_url(cfg.storage_url)))
     if cfg.tracking_uri:
         check_tracking_uri(cfg.tracking_uri)
     return cfg

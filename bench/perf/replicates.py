@@ -1,6 +1,6 @@
 """Seconds per model-step of K replicates trained stacked (vae.stacked) against one after the other.
 
-`python -m bench.replicates_perf [--k 3] [--widths 64 128 256 512 1024] [--threads 1]` interleaves
+`python -m bench.perf.replicates [--k 3] [--widths 64 128 256 512 1024] [--threads 1]` interleaves
 both ways in one process (best of --rounds rounds) and prints one row per hidden width.
 """
 
@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from bench.errors import HelpFormatter
-from bench.perf import Stopwatch, machine_info
+from bench.errors import HelpFormatter, cli_main
+from bench.perf.machine import Stopwatch, machine_info
 from vae.denormal import denormals_flushed
 from vae.model import INPUT_DIM, ModelConfig, build_model
 from vae.stacked import StackedModels
@@ -61,8 +61,9 @@ def measure(kind: str, width: int, latent: int, k: int, batch: int, steps: int, 
     return {**best, "others_cpu_share": share}
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.replicates_perf", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m bench.perf.replicates", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--kind", default="vae", choices=["vae", "ae"], help="model kind")
     p.add_argument("--k", type=int, default=3, help="replicates trained together")

@@ -1,4 +1,4 @@
-"""`python -m bench.overhead`: trial wall time with MLflow tracking vs without (a benchmark).
+"""`python -m bench.perf.overhead`: trial wall time with MLflow tracking vs without (a benchmark).
 
 Runs the same fixed trial alternately with a real Tracker (SQLite store in a temp folder)
 and with NullTracker, and reports the median overhead; it also times every tracking call
@@ -19,7 +19,7 @@ from bench.errors import HelpFormatter, cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python -m bench.perf.overhead", description=__doc__.splitlines()[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--study", default="latent", help="study whose data, training and eval settings are used")
     p.add_argument("--latent-dim", type=int, default=16, help="latent size of the fixed trial")

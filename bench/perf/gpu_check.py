@@ -1,6 +1,6 @@
 """On a GPU: fit's epoch time against the GPU's matmul floor, and stacked replicates against one at a time.
 
-`python -m bench.gpu_check [--device cuda] [--json PATH]`, run by bench/gpu_check.sh with the latent
+`python -m bench.perf.gpu_check [--device cuda] [--json PATH]`, run by bench/perf/gpu_check.sh with the latent
 study's wall time after it. Prints one table; not run on CPU-only machines (exit 2 with one line).
 """
 
@@ -16,35 +16,23 @@ from pathlib import Path
 
 import torch
 
-from bench.errors import HelpFormatter
-from bench.perf import REFERENCE_DATA, REFERENCE_MODEL, REFERENCE_TRAIN, epoch_matmul_flops, linear_layers, training_gemms
+from bench.errors import BenchError, HelpFormatter, cli_main
+from bench.perf.flops import epoch_matmul_flops, linear_layers, training_gemms
+from bench.perf.probe import best_seconds
+from bench.perf.reference import REFERENCE_DATA, REFERENCE_MODEL, REFERENCE_TRAIN
 from vae.data import DataConfig, load_data
-from vae.model import ModelConfig
+from vae.model import ModelConfig, build_model
 from vae.stacked import fit_replicates
 from vae.train import fit, resolve_device, seed_everything
-from vae.model import build_model
 
 
-def synced_best_seconds(fn, device: torch.device, rounds: int = 5, min_s: float = 0.25) -> float:
-    """Seconds per call of fn on `device`: best of `rounds`, each at least min_s, synchronized at both ends."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
-    sync()
-    best = math.inf
-    for _ in range(rounds):
-        calls, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            calls += 1
-            sync()
-            if time.perf_counter() - t0 >= min_s:
-                break
-        best = min(best, (time.perf_counter() - t0) / calls)
-    return best
+def synced_best_seconds(fn, device: torch.device) -> float:
+    """Seconds per call of fn on `device`: best_seconds, synchronized after every call."""
+    return best_seconds(fn, sync=torch.cuda.synchronize if device.type == "cuda" else (lambda: None))
 
 
 def step_gemm_rate(config: ModelConfig, batch: int, device: torch.device, dtype=torch.float32) -> float:
-    """GFLOP/s of one training step's own GEMMs on `device` (bench.perf.model_gemm_rate's shapes)."""
+    """GFLOP/s of one training step's own GEMMs on `device` (bench.perf.probe.model_gemm_rate's shapes)."""
     g = torch.Generator(device=device).manual_seed(0)
     calls = []
     for i, (d_in, d_out) in enumerate(linear_layers(config)):
@@ -91,8 +79,9 @@ def replicate_times(device: torch.device, width: int, k: int = 3) -> dict[str, f
     return out
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m bench.perf.gpu_check", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--device", default="cuda", help="the accelerator to measure")
     p.add_argument("--json", default=None, help="also write the result here (default: none)")
@@ -102,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = resolve_device(args.device)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise BenchError(str(exc)) from None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
     data = load_data(REFERENCE_DATA, None).to(device)  # resident on the device, as bench.run puts it
     flops = epoch_matmul_flops(REFERENCE_MODEL, len(data.train), REFERENCE_TRAIN.batch_size)
