@@ -518,22 +518,3 @@ def _safe(fn) -> None:
         fn()
     except Exception as exc:  # noqa: BLE001 - cleanup only
         log.warning("MLflow cleanup step failed: %s", exc)
-
-
-class NullTracker:
-    """A Tracker that records nothing: the baseline of the tracking-overhead benchmark."""
-
-    uri = "none"
-    experiment_id = "0"
-
-    @contextmanager
-    def child_run(self, parent_id: str, name: str, params: dict[str, Any], tags: dict[str, Any]) -> Iterator["NullRun"]:
-        yield NullRun()
-
-
-class NullRun:
-    run_id = "none"
-    outcome: tuple[str, str] | None = None
-
-    def __getattr__(self, name: str):
-        return lambda *args, **kwargs: None

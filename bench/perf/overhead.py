@@ -14,6 +14,8 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from bench.errors import HelpFormatter, cli_main
 
@@ -73,6 +75,25 @@ def timed_tracker_class():
     return TimedTracker
 
 
+class NullTracker:
+    """A Tracker that records nothing: the baseline of the tracking-overhead benchmark."""
+
+    uri = "none"
+    experiment_id = "0"
+
+    @contextmanager
+    def child_run(self, parent_id: str, name: str, params: dict[str, Any], tags: dict[str, Any]) -> Iterator["NullRun"]:
+        yield NullRun()
+
+
+class NullRun:
+    run_id = "none"
+    outcome: tuple[str, str] | None = None
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -81,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.objective import TrialRunner
     from bench.spec import load_spec
-    from bench.tracking import NullTracker
 
     TimedTracker = timed_tracker_class()
     from vae.data import load_data

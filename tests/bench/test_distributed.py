@@ -23,6 +23,7 @@ import pytest
 from optuna.trial import TrialState
 
 from bench.storage import StorageTarget, open_storage
+from tests.helpers import REPO
 from tests.bench.services import (
     MlflowServer,
     create_database,
@@ -32,8 +33,7 @@ from tests.bench.services import (
     postgres_available,
 )
 
-PROJECT = Path(__file__).resolve().parents[2]
-SMOKE = PROJECT / "studies" / "smoke.toml"
+SMOKE = REPO / "studies" / "smoke.toml"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 DB_PREFIX = "vaebench_scale"
 WORKER_TIMEOUT_S = 300  # one worker's whole run on a loaded 2-core machine, with margin
@@ -108,7 +108,7 @@ class Worker:
         Worker.count += 1
         self.out = cwd / f"worker-{Worker.count}.out"
         self.err = cwd / f"worker-{Worker.count}.err"
-        env = {**os.environ, "PYTHONPATH": str(PROJECT), "VAE_DATA_DIR": str(data_dir)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "VAE_DATA_DIR": str(data_dir)}
         env.pop("MLFLOW_TRACKING_URI", None)
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "bench.run", *args], cwd=cwd, env=env, stdout=out, stderr=err)
@@ -659,7 +659,7 @@ print("ok")
 
 def test_workers_starting_together_on_a_new_sqlite_store_all_open_it(tmp_path):
     """Two `python -m bench.run` in one folder share ./mlflow.db: creating its tables must not race."""
-    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     uri, start = f"sqlite:///{tmp_path / 'mlflow.db'}", time.time() + 8  # once every process has imported mlflow
     procs = [subprocess.Popen([sys.executable, "-c", OPEN_TRACKER_AT, uri, str(start)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]

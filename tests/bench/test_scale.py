@@ -16,8 +16,7 @@ import pytest
 
 from bench.perf.toml_writer import dumps
 from bench.spec import available_studies, load_spec
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO
 
 
 @pytest.mark.parametrize("study", available_studies())
