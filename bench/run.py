@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="folder with MNIST/raw and FashionMNIST/raw (default: $VAE_DATA_DIR, else ./data, downloaded there if missing)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to train")
     p.add_argument("--seed", type=int, default=None, help="overrides the training and sampler seeds (default: the study file's)")
-    p.add_argument("--replicates", type=int, default=None, help="seed replicates of each compared configuration, seeds train.seed+1 .. train.seed+N (default: the study file's [replicates], else none)")
+    p.add_argument("--replicates", type=int, default=None, help="seed replicates of each compared configuration, seeds train.seed+1 .. train.seed+N; 0: none (default: the study file's [replicates], else none)")
     p.add_argument("--workers", type=workers_arg, default="auto",
                    help="local worker processes sharing the study, or auto: on a CPU one single-thread worker "
                    "per core, at most one per trial (measured faster than one worker using all cores); "

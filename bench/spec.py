@@ -363,7 +363,8 @@ class StudySpec:
             )
         if "replicates" in o:
             try:
-                replicates = _new(ReplicateSpec, {"seeds": o["replicates"]})
+                # 0 turns a study file's replicates off, the way a user runs a study quickly
+                replicates = _new(ReplicateSpec, {"seeds": o["replicates"] or None})
             except ValueError as exc:
                 raise BenchError(f"--replicates: {exc}") from None
             spec = _replace(spec, replicates=replicates, where="--replicates")

@@ -254,7 +254,7 @@ BAD_INPUTS = {
     "replicates-0": _edit("seeds = 2  #", "seeds = 0  #", ("bad.toml: [replicates] seeds must be a count in [1, 1000]", "got 0")),
     "replicates-duplicate-seeds": _edit("seeds = 2  #", "seeds = [3, 4, 3]  #", ("bad.toml: [replicates] seeds lists seed 3 more than once",)),
     "replicates-negative-seed": _edit("seeds = 2  #", "seeds = [3, -4]  #", ("bad.toml: [replicates] seeds: every seed must be an integer", "got -4")),
-    "replicates-flag-0": BadInput(("--study", "smoke", "--replicates", "0"), ("--replicates: seeds must be a count in [1, 1000]", "got 0")),
+    "replicates-flag-negative": BadInput(("--study", "smoke", "--replicates", "-2"), ("--replicates: seeds must be a count in [1, 1000]", "got -2")),
     "two-metrics-one-direction": _edit(
         'metric = "val/elbo"\ndirection = "maximize"', 'metric = ["val/kl", "val/recon_bce"]\ndirection = "minimize"',
         ("study.direction: 2 metric(s) need 2 direction(s), got 'minimize'", "['minimize', 'minimize']"),

@@ -101,9 +101,15 @@ def test_bad_replicates_are_refused_with_the_key(seeds, message):
         parse_spec(raw, "x")
 
 
-def test_bad_replicates_flag_and_a_paper_protocol_on_a_cut_test_set_are_refused(tmp_path):
-    with pytest.raises(BenchError, match=r"^--replicates: seeds must be a count in \[1, 1000\] .* got 0$"):
-        load_spec("smoke").with_overrides(replicates=0)
+def test_replicates_flag_0_turns_the_study_files_replicates_off_and_a_negative_count_is_refused():
+    assert load_spec("latent").replicate_seeds == (1, 2, 3)
+    assert load_spec("latent").with_overrides(replicates=0).replicate_seeds == ()
+    assert load_spec("latent").with_overrides(replicates=2).replicate_seeds == (1, 2)
+    with pytest.raises(BenchError, match=r"^--replicates: seeds must be a count in \[1, 1000\] .* got -1$"):
+        load_spec("smoke").with_overrides(replicates=-1)
+
+
+def test_a_paper_protocol_on_a_cut_test_set_is_refused(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text(SMOKE.replace("[eval]\n", "[eval]\npaper_protocol = true\n"))
     with pytest.raises(BenchError, match=rf"^{path}: eval.paper_protocol scores the full 10,000-image test set; remove data.test_limit"):
