@@ -113,7 +113,7 @@ def rate_distortion_figure(points: pd.DataFrame, refs: pd.DataFrame, title: str 
         ax.set_xlabel("rate: KL (nats)")
     for ax in axes[:, 0]:
         ax.set_ylabel("distortion: recon BCE (nats)")
-    handles, labels = {}, {}
+    handles = {}
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)

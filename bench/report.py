@@ -240,7 +240,7 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 def write_report(report: Report, out: Path, tracker=None, study: str = "") -> list[Path]:
     """Tables, plots and image grids into `out`; returns the files written."""
-    from bench.plots import image_row_figure, metric_vs_latent
+    from bench.plots import metric_vs_latent
 
     import matplotlib.pyplot as plt
 

@@ -426,9 +426,9 @@ def _table(raw: dict, key: str) -> dict:
     return v
 
 
-def _build(cls: type, section: str, values: dict, exclude: set[str] = frozenset()) -> Any:
+def _build(cls: type, section: str, values: dict) -> Any:
     """cls(**values) after refusing unknown keys; lists become tuples."""
-    known = {f.name for f in fields(cls)} - exclude
+    known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown key(s) in [{section}]: {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
