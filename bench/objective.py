@@ -51,12 +51,18 @@ class TrialRunner:
     tracker: Tracker
     parent_run_id: str
     epoch_progress: bool = False
+    # a stratified study's next trial (bench.strata.Assignment.user_attrs): its stratum and index there
+    assignment: dict | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         spec = self.spec
-        self._check_budget(trial)
+        if spec.strata_param is not None:
+            self._claim_stratum(trial)
+        else:
+            self._check_budget(trial)
         model_cfg, train_cfg = suggest_configs(trial, spec)
         trial.set_user_attr(T.WORKER_ATTR, worker_id())
+        stratum = trial.user_attrs.get(T.STRATUM_ATTR)
         covered = bool(trial.user_attrs.get(T.COVERAGE_ATTR))
         tags = {
             T.ROLE: "trial",
@@ -65,6 +71,9 @@ class TrialRunner:
             T.NOTE: trial_note(spec, trial.number, trial.params, covered),
             **run_tags(spec, self.data, self.device, "vae", model_cfg.latent_dim),
         }
+        if stratum is not None:
+            tags[T.STRATUM] = f"{spec.strata_param.name}={stratum}"
+            tags[T.STRATUM_INDEX] = trial.user_attrs[T.STRATUM_INDEX_ATTR]
         with self.tracker.child_run(
             self.parent_run_id, trial_run_name(trial.number), run_params(model_cfg, train_cfg, spec), tags
         ) as run:
@@ -116,6 +125,24 @@ class TrialRunner:
             trial.set_user_attr("last_epoch", {k: v for k, v in last.items() if k.startswith(f"{spec.split}/")})
             values = tuple(last[k] for k in spec.objectives)
             return values if spec.multi_objective else values[0]
+
+    def _claim_stratum(self, trial: optuna.Trial) -> None:
+        """Run only if no other worker started this stratum's trial first (or finished it meanwhile).
+
+        Trial numbers are handed out in order by the storage, so of two workers that start the same
+        stratum at once, the later one always sees the earlier one's trial: exactly one runs.
+        """
+        from bench.strata import stratum_trials
+
+        attrs = dict(self.assignment or {})
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        stratum, index = attrs.get(T.STRATUM_ATTR), attrs.get(T.STRATUM_INDEX_ATTR)
+        running = stratum_trials(trial.study, stratum, states=(optuna.trial.TrialState.RUNNING,))
+        first = any(t.number < trial.number for t in running)
+        if first or len(stratum_trials(trial.study, stratum)) != index:
+            trial.set_user_attr(T.SURPLUS_ATTR, True)
+            raise SurplusTrial(f"trial {index} of stratum {stratum} is already another worker's; not run")
 
     def _check_budget(self, trial: optuna.Trial) -> None:
         """Run only if this trial is among the first n_trials live ones (workers race at the end)."""

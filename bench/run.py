@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--study", default=DEFAULT_STUDY, help=f"a study shipped in studies/ ({', '.join(_shipped_studies())}) or a path to a .toml file")
-    p.add_argument("--n-trials", type=int, default=None, help="trials in total across all workers and resumes (default: the study file's)")
+    p.add_argument("--n-trials", type=int, default=None, help="trials in total across all workers and resumes, for a study without strata (default: the study file's)")
+    p.add_argument("--trials-per-stratum", type=int, default=None, help="trials of each stratum (each latent size in latent), for a study with strata = true (default: the study file's)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the study file's)")
     p.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts (default: the study file's, else none)")
     p.add_argument("--storage", default=None, help="Optuna storage: a database URL (postgresql://..., sqlite:///optuna.db) or a journal file path (default: ./optuna.journal)")
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to train")
     p.add_argument("--seed", type=int, default=None, help="overrides the training and sampler seeds (default: the study file's)")
     p.add_argument("--replicates", type=int, default=None, help="seed replicates of each compared configuration, seeds train.seed+1 .. train.seed+N; 0: none (default: the study file's [replicates], else none)")
+    p.add_argument("--search-seeds", type=int, default=1,
+                   help="run the whole search this many times with sampler seeds seed, seed+1, ... (studies <study>, "
+                   "<study>-search1, ... in the same storage and MLflow experiment; only the first gets the baselines, "
+                   "replicates and report, which then gives the spread of each size's best val/elbo across the searches)")
+    p.add_argument("--search-index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--workers", type=workers_arg, default="auto",
                    help="local worker processes sharing the study, or auto: on a CPU one single-thread worker "
                    "per core, at most one per trial (measured faster than one worker using all cores); "
@@ -110,9 +116,11 @@ def validate(args: argparse.Namespace) -> Validated:
     from vae.data import DataError, check_data
     from vae.train import resolve_device
 
+    if args.search_seeds < 1 or args.search_seeds > 100:
+        raise BenchError(f"--search-seeds must be between 1 and 100, got {args.search_seeds}")
     spec = load_spec(args.study).with_overrides(
-        n_trials=args.n_trials, epochs=args.epochs, timeout_s=args.timeout, seed=args.seed, replicates=args.replicates
-    )
+        n_trials=args.n_trials, trials_per_stratum=args.trials_per_stratum, epochs=args.epochs, timeout_s=args.timeout, seed=args.seed, replicates=args.replicates
+    ).for_search(args.search_index)
     if args.workers != "auto" and (args.workers < 1 or args.workers > 64):
         raise BenchError(f"--workers must be between 1 and 64, got {args.workers} (or auto)")
     if args.threads is not None and args.threads < 1:
@@ -176,15 +184,16 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated) -> Outcome:
 
     # resident on the training device for the whole study: no trial copies the data again
     data = load_data(spec.data, v.data_root).to(v.device)
-    stale = StaleTrialHandler()
+    stale = StaleTrialHandler(requeue=spec.strata_param is None)
     storage = open_storage(v.storage, stale)
     study, created = open_study(spec, storage, seed_offset=args.worker_index)
-    tracker = Tracker(v.tracking_uri, spec.name)
+    tracker = Tracker(v.tracking_uri, spec.experiment_name)
     parent = ensure_parent_run(study, created, spec, tracker)
     ctx = StudyContext(study, spec, tracker, parent, data, v.device, v.data_root, progress)
     recovered = recover_dead_local_trials(study, tracker, stale)
     if recovered:
-        print(f"marked trials {recovered} as failed and queued them again: their worker process is gone", file=sys.stderr)
+        again = "their strata go on with the same proposals" if spec.strata_param else "queued them again"
+        print(f"marked trials {recovered} as failed ({again}): their worker process is gone", file=sys.stderr)
     tracker.set_status(parent, "RUNNING")
     children = []
     if v.workers > 1:
@@ -195,7 +204,7 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated) -> Outcome:
     t0 = time.monotonic()
     running = (optuna.trial.TrialState.RUNNING,)
     try:
-        result = run_worker(spec, study, runner, stale, deadline, progress=progress)
+        result = run_worker(spec, study, runner, stale, deadline, progress=progress, worker_index=args.worker_index)
         for c in children:
             c.wait()
     except KeyboardInterrupt:
@@ -246,7 +255,7 @@ def print_summary(out: Outcome, uri: str) -> None:
         tm = best.user_attrs.get("test_metrics", {})
         if tm:
             print("  test:   " + ", ".join(f"{k}={_fmt(val)}" for k, val in tm.items()))
-    print(f"MLflow: experiment {spec.name!r}, parent run {out.ctx.parent_run_id} at {uri}")
+    print(f"MLflow: experiment {spec.experiment_name!r}, parent run {out.ctx.parent_run_id} at {uri}")
     print(f"open the UI: {ui_command(uri)}")
     trials = f"tags.`{T.ROLE}` = 'trial'"  # the trials, best first; README shows more filters
     print(f"  trials, best first: {runs_link(uri, out.ctx.tracker.experiment_id, trials, f'metrics.`{spec.objectives[0]}` ' + ('DESC' if spec.directions[0] == 'maximize' else 'ASC'))}")
@@ -258,10 +267,25 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)  # from the start: SIGTERM is a clean stop
     args = build_parser().parse_args(argv)
     v = validate(args)
+    if args.search_index == 0:
+        for i in range(1, args.search_seeds):  # the other searches first: the first one's report compares them
+            sub = strip_search_seeds(argv) + ["--search-index", str(i), "--no-baselines"]
+            sub_args = build_parser().parse_args(sub)
+            sub_out = execute(sub_args, sub, validate(sub_args))
+            if sub_out.rc != 0:
+                return sub_out.rc
+            print(f"search {i} of {args.search_seeds} ({sub_out.ctx.spec.name}, sampler seed "
+                  f"{sub_out.ctx.spec.sampler.seed}): {sub_out.ran} trials run in {sub_out.seconds:.0f} s")
     out = execute(args, argv, v)
     if out.rc == 0 and not args.no_finalize:
         print_summary(out, v.tracking_uri)
     return out.rc
+
+
+def strip_search_seeds(argv: list[str]) -> list[str]:
+    from bench.workers import strip_flags
+
+    return strip_flags(argv, {"--search-seeds": True, "--search-index": True})
 
 
 def _fmt(x) -> str:

@@ -89,12 +89,18 @@ class SearchParam:
     high: int | float | None = None
     log: bool = False
     step: Annotated[int, Field(gt=0)] | Annotated[float, Field(gt=0)] | None = None
-    cover: bool = False  # categorical only: one trial per choice first, each run in full (never pruned)
+    # categorical only: each choice is a stratum of the search, tuned on its own with the same budget
+    # ([study] trials_per_stratum), its own sampler seed and its own pruning (bench.strata)
+    strata: bool = False
+    # categorical only, for a search without strata: one trial per choice first, each run in full (never pruned)
+    cover: bool = False
 
     def __post_init__(self) -> None:
         where = f"search.{self.name}"
         if self.cover and self.type != "categorical":
             raise ValueError(f"[{where}]: cover = true needs type = 'categorical' (one trial per choice)")
+        if self.strata and self.type != "categorical":
+            raise ValueError(f"[{where}]: strata = true needs type = 'categorical' (each choice is a stratum)")
         if self.name not in MODEL_FIELDS | TRAIN_FIELDS:
             allowed = ", ".join(sorted(MODEL_FIELDS | TRAIN_FIELDS))
             raise ValueError(f"[{where}]: {self.name!r} is not a config field; searchable fields: {allowed}")
@@ -238,6 +244,8 @@ class StudySpec:
     # None: each metric's declared direction (bench.metrics); given, it must agree with it
     direction: Direction | tuple[Direction, ...] | None = None
     n_trials: Annotated[int, Field(ge=1, le=100_000)] = 10  # trials in total, across every worker and every resume
+    # with a strata parameter: trials of each stratum (n_trials is then this times the strata, derived)
+    trials_per_stratum: Annotated[int, Field(ge=1, le=10_000)] | None = None
     timeout_s: Annotated[float, Field(gt=0)] | None = None  # stop starting new trials after this many seconds
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
@@ -250,6 +258,7 @@ class StudySpec:
     replicates: ReplicateSpec = field(default_factory=ReplicateSpec)
     path: Path | None = None  # the file it was read from
     text: str = ""  # the file's text, logged with the study
+    experiment: str | None = None  # the MLflow experiment; None: the study's name (search-seed studies share their base's)
 
     def __post_init__(self) -> None:
         self._check_objectives()
@@ -271,6 +280,22 @@ class StudySpec:
         covered = [p.name for p in self.search if p.cover]
         if len(covered) > 1:
             raise ValueError(f"cover = true on {', '.join(covered)}: at most one searched parameter may be covered")
+        stratified = [p for p in self.search if p.strata]
+        if covered and stratified:
+            raise ValueError(f"cover = true on {covered[0]} and strata = true on {stratified[0].name}: "
+                             "a stratified search gives every choice its own trials already; drop cover")
+        if len(stratified) > 1:
+            raise ValueError(f"strata = true on {', '.join(p.name for p in stratified)}: at most one searched parameter may be the strata")
+        if stratified and self.trials_per_stratum is None:
+            raise ValueError(f"[search.{stratified[0].name}] strata = true needs study.trials_per_stratum (the budget of each choice)")
+        if self.trials_per_stratum is not None and not stratified:
+            raise ValueError("study.trials_per_stratum needs a categorical search parameter with strata = true")
+        if stratified and self.pruner.type == "hyperband":
+            raise ValueError("study.pruner: hyperband keeps its rungs on each trial, which a stratum's pruning "
+                             "(bench.strata) does not carry yet; use the median pruner or none with strata = true")
+        if stratified:
+            # derived, never given: every stratum gets the same budget
+            object.__setattr__(self, "n_trials", self.trials_per_stratum * len(stratified[0].choices))
         if self.sampler.type == "grid":
             for p in self.search:
                 p.grid_values()
@@ -337,6 +362,17 @@ class StudySpec:
         return [{p.name: c} for p in self.search if p.cover for c in p.choices]
 
     @property
+    def strata_param(self) -> SearchParam | None:
+        """The categorical parameter whose choices are the strata of the search, if any."""
+        return next((p for p in self.search if p.strata), None)
+
+    @property
+    def strata(self) -> tuple[Any, ...]:
+        """The strata (the strata parameter's choices), () for an unstratified search."""
+        p = self.strata_param
+        return tuple(p.choices) if p is not None else ()
+
+    @property
     def latent_sizes(self) -> tuple[int, ...]:
         """Latent sizes the study can reach: the searched choices/range, or the fixed one."""
         for p in self.search:
@@ -344,12 +380,34 @@ class StudySpec:
                 return tuple(p.grid_values()) if p.type == "categorical" or p.step else (p.low, p.high)
         return (self.model.latent_dim,)
 
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.name
+
+    def for_search(self, index: int) -> "StudySpec":
+        """Search `index` of --search-seeds: search 0 is the study itself; search i the same study searched with
+        sampler seed + i, as its own Optuna study `<name>-search<i>` in the same storage and MLflow experiment."""
+        if index == 0:
+            return self
+        seed = None if self.sampler.seed is None else self.sampler.seed + index
+        return _replace(self, name=f"{self.name}-search{index}", experiment=self.name,
+                        sampler=_replace(self.sampler, seed=seed, where="--search-seeds"), where="--search-seeds")
+
     def with_overrides(self, **overrides: Any) -> "StudySpec":
-        """Apply CLI overrides (n_trials, epochs, timeout_s, seed, replicates) that are not None."""
+        """Apply CLI overrides (n_trials, trials_per_stratum, epochs, timeout_s, seed, replicates) that are not None."""
         o = {k: v for k, v in overrides.items() if v is not None}
         spec = self
         if "n_trials" in o:
+            if spec.strata_param is not None:
+                raise BenchError(
+                    f"--n-trials: study {spec.name!r} gives each {spec.strata_param.name} the same budget; "
+                    f"use --trials-per-stratum (now {spec.trials_per_stratum} x {len(spec.strata)} strata = {spec.n_trials} trials)"
+                )
             spec = _replace(spec, n_trials=o["n_trials"])
+        if "trials_per_stratum" in o:
+            if spec.strata_param is None:
+                raise BenchError(f"--trials-per-stratum: study {spec.name!r} has no search parameter with strata = true; use --n-trials")
+            spec = _replace(spec, trials_per_stratum=o["trials_per_stratum"])
         if "timeout_s" in o:
             spec = _replace(spec, timeout_s=o["timeout_s"], where="--timeout")
         if "epochs" in o:
@@ -382,7 +440,7 @@ def _replace(obj: Any, where: str | None = None, **changes: Any) -> Any:
 # ---------------------------------------------------------------- reading files
 
 SECTIONS = {"study", "data", "model", "train", "search", "eval", "baselines", "replicates"}
-STUDY_KEYS = ("name", "metric", "direction", "n_trials", "timeout_s", "sampler", "pruner")  # [study], in schema order
+STUDY_KEYS = ("name", "metric", "direction", "n_trials", "trials_per_stratum", "timeout_s", "sampler", "pruner")  # [study], in schema order
 
 
 def available_studies() -> list[str]:
@@ -449,6 +507,8 @@ def parse_spec(raw: dict, default_name: str, path: Path | None = None, text: str
     bad = sorted(set(study) - set(STUDY_KEYS))
     if bad:
         raise ValueError(f"unknown key(s) in [study]: {', '.join(bad)}; allowed: {', '.join(sorted(STUDY_KEYS))}")
+    if "n_trials" in study and "trials_per_stratum" in study:
+        raise ValueError("[study] gives n_trials and trials_per_stratum; a stratified study's n_trials is derived: keep trials_per_stratum")
     sampler = _build(SamplerSpec, "study.sampler", _table(study, "sampler"))
     # a multi-objective study cannot be pruned: left out, its pruner is "none" rather than "median"
     no_pruner = {"type": "none"} if isinstance(study.get("metric"), list) and "pruner" not in study else {}

@@ -134,7 +134,9 @@ class StaleTrialHandler:
     `on_stale(trial)` is set once tracking is ready; it closes the trial's MLflow run.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, requeue: bool = True) -> None:
+        # a stratified study never requeues: the stratum's next worker proposes the same trial again (bench.strata)
+        self.requeue = requeue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self.retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=False)
@@ -143,6 +145,8 @@ class StaleTrialHandler:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self.on_stale is not None:
             self.on_stale(trial)
+        if not self.requeue:
+            return
         # The retry copies the user attrs; it must not carry the dead worker's id (until its new
         # worker writes its own, recovery of dead local trials would fail it too) nor its closed run.
         retry = copy.copy(trial)
@@ -174,27 +178,41 @@ def open_storage(target: StorageTarget, stale_handler: StaleTrialHandler | None 
     raise BenchError(f"cannot open the Optuna storage {target.display}: {str(last).splitlines()[0]}")
 
 
-def optuna_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-    """The study's sampler; `seed_offset` keeps parallel workers from proposing the same trials."""
+def optuna_sampler(
+    spec: StudySpec, seed_offset: int = 0, *, seed: int | None = None, params: list | None = None
+) -> optuna.samplers.BaseSampler:
+    """The study's sampler; `seed_offset` keeps parallel workers from proposing the same trials.
+
+    bench.strata passes the `seed` of one stratum's trial and the `params` it searches (all but the strata).
+    """
     s = spec.sampler
-    seed = None if s.seed is None else s.seed + seed_offset
+    if seed is None:
+        seed = None if s.seed is None else s.seed + seed_offset
+    params = spec.search if params is None else params
+    budget = spec.trials_per_stratum or spec.n_trials  # the trials one sampler sees: a stratum's, or the study's
+    startup = max(2, min(10, budget // 3))
     factories: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, spec.n_trials // 3))),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-        "grid": lambda: optuna.samplers.GridSampler({p.name: p.grid_values() for p in spec.search}, seed=seed),
-        "gp": lambda: optuna.samplers.GPSampler(seed=seed, n_startup_trials=max(2, min(10, spec.n_trials // 3))),
-        # generations of a third of the study (at least 4): Optuna's 50 would never leave the first one here
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, spec.n_trials // 3))),
+        "grid": lambda: optuna.samplers.GridSampler({p.name: p.grid_values() for p in params}, seed=seed),
+        "gp": lambda: optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup),
+        # generations of a third of the budget (at least 4): Optuna's 50 would never leave the first one here
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, budget // 3))),
     }
     return factories[s.type]()
 
 
 def optuna_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The study's pruner; in a stratified study it judges each trial against its own stratum (bench.strata)."""
     p = spec.pruner
     factories: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.train.epochs),
         "none": lambda: optuna.pruners.NopPruner(),
     }
-    return factories[p.type]()
+    pruner = factories[p.type]()
+    if spec.strata_param is not None and p.type != "none":
+        from bench.strata import StratumPruner
 
+        return StratumPruner(spec, pruner)
+    return pruner

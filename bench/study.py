@@ -22,6 +22,7 @@ from bench.errors import BenchError
 from bench.objective import SurplusTrial, TrialRunner
 from bench.spec import StudySpec
 from bench.storage import StaleTrialHandler, optuna_pruner, optuna_sampler
+from bench.strata import DONE, WAIT, ProposalSampler, next_assignment
 from bench.tracking import Tracker, git_commit
 from bench.workers import dead_local_worker
 
@@ -39,7 +40,10 @@ def open_study(spec: StudySpec, storage, seed_offset: int = 0) -> tuple[optuna.S
 
     Creation is atomic in the storage, so exactly one of many simultaneous workers gets True.
     """
-    sampler, pruner = optuna_sampler(spec, seed_offset), optuna_pruner(spec)
+    stratified = spec.strata_param is not None
+    # a stratified study's proposals come from bench.strata, the same on every worker
+    sampler = ProposalSampler() if stratified else optuna_sampler(spec, seed_offset)
+    pruner = optuna_pruner(spec)
     try:
         study = optuna.create_study(
             storage=storage, study_name=spec.name, directions=list(spec.directions), sampler=sampler, pruner=pruner
@@ -49,7 +53,8 @@ def open_study(spec: StudySpec, storage, seed_offset: int = 0) -> tuple[optuna.S
     except optuna.exceptions.DuplicatedStudyError:
         # A joining or resuming worker seeded like the creator would propose the creator's
         # first configurations again: give it a seed of its own.
-        sampler = optuna_sampler(spec, seed_offset + 1 + secrets.randbelow(2**20))
+        if not stratified:
+            sampler = optuna_sampler(spec, seed_offset + 1 + secrets.randbelow(2**20))
         study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
         stored = tuple(d.name.lower() for d in study.directions)
         if stored != spec.directions:
@@ -80,6 +85,8 @@ def study_params(spec: StudySpec) -> dict[str, object]:
         "pruner": spec.pruner.type,
         "searched": ",".join(spec.searched) or "(none)",
         "covered": ",".join(p.name for p in spec.search if p.cover) or "(none)",
+        "strata": spec.strata_param.name if spec.strata_param else "(none)",
+        "trials_per_stratum": spec.trials_per_stratum or "(none)",
         "epochs": spec.train.epochs,
         "dataset": spec.data.dataset,
         "binarize": spec.data.binarize,
@@ -188,11 +195,18 @@ def run_worker(
     stale: StaleTrialHandler | None,
     deadline: float | None,
     progress: bool = True,
+    worker_index: int = 0,
 ) -> WorkerResult:
-    """Run trials until the study has n_trials finished ones (or the deadline passes)."""
+    """Run trials until the study has n_trials finished ones (or the deadline passes).
+
+    A stratified study's worker takes a stratum that no other worker holds, starting at its own
+    index round the strata, and runs that stratum's next trial; with more workers than strata the
+    spare ones wait, ready to take over a stratum whose worker dies.
+    """
     if stale is not None:
         stale.on_stale = lambda t: close_trial_run(runner.tracker, t, "worker stopped sending heartbeats")
     ran = 0
+    stratified = spec.strata_param is not None
     bar = tqdm(total=spec.n_trials, initial=count(study, FINISHED_STATES), desc=f"study {spec.name}", unit="trial", disable=not progress)
     try:
         while True:
@@ -203,16 +217,23 @@ def run_worker(
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
+            if stratified:
+                nxt = next_assignment(study, spec, start=worker_index)
+                if nxt == DONE:
+                    continue  # the count above ends the loop once it sees the last trial
+                if nxt == WAIT:
+                    _wait_for_others(study, runner, stale)
+                    continue
+                study.sampler.proposal = nxt.params
+                runner.assignment = nxt.user_attrs
+                study.optimize(runner, n_trials=1, catch=(SurplusTrial,), gc_after_trial=False)
+                ran += 1
+                continue
             waiting = count(study, (TrialState.WAITING,))
             running = count(study, (TrialState.RUNNING,))
             if finished + running >= spec.n_trials and not waiting:
                 # others hold the last trials; stay to pick up a retry if one of them dies
-                # (a journal file has no heartbeats: only the pid check finds a dead local worker)
-                recover_dead_local_trials(study, runner.tracker, stale)
-                optuna.storages.fail_stale_trials(study)
-                if count(study, (TrialState.RUNNING,)) == 0 and count(study, (TrialState.WAITING,)) == 0:
-                    continue
-                time.sleep(POLL_S)
+                _wait_for_others(study, runner, stale)
                 continue
             study.optimize(runner, n_trials=1, catch=(SurplusTrial,), gc_after_trial=False)
             ran += 1
@@ -221,3 +242,11 @@ def run_worker(
     finished = count(study, FINISHED_STATES)
     return WorkerResult(finished, ran, finished >= spec.n_trials and count(study, ACTIVE_STATES) == 0)
 
+
+def _wait_for_others(study: optuna.Study, runner: TrialRunner, stale: StaleTrialHandler | None) -> None:
+    """Others hold the trials left: fail those whose worker died (a journal file has no heartbeats:
+    only the pid check finds a dead local worker), then poll again."""
+    recover_dead_local_trials(study, runner.tracker, stale)
+    optuna.storages.fail_stale_trials(study)
+    if count(study, (TrialState.RUNNING,)) or count(study, (TrialState.WAITING,)):
+        time.sleep(POLL_S)

@@ -13,6 +13,8 @@ MODEL = "model"  # "vae", "ae" or "pca" on every child run (not on the parent)
 LATENT_DIM = "latent_dim"  # the child run's latent size, as a tag so the UI can group by it
 TRIAL_NUMBER = "trial_number"  # the Optuna trial number of a VAE trial run
 COVERAGE = "coverage"  # "true" on trials queued to cover a choice (never pruned), else "false"
+STRATUM = "stratum"  # on a trial of a stratified search: "<param>=<choice>", the stratum it tuned (group by it)
+STRATUM_INDEX = "stratum_trial"  # on a trial of a stratified search: its index in its stratum (0, 1, ...)
 OPTUNA_STATE = "optuna_state"  # the trial's Optuna state: COMPLETE or PRUNED (a pruned run closes KILLED)
 FAIL_REASON = "fail_reason"  # why a run closed FAILED or KILLED, one line
 COMPARED = "compared"  # "true" on the runs in the comparison: the best VAE per latent size and its baselines
@@ -49,6 +51,8 @@ WORKER_ATTR = "worker"  # host:pid of the process that ran the trial
 FAIL_REASON_ATTR = "fail_reason"  # why the trial failed or went non-finite
 TEST_METRICS_ATTR = "test_metrics"  # the trial's test/* metrics, {key: value}
 COVERAGE_ATTR = "coverage"  # True on the queued trials that cover a parameter's choices: never pruned
+STRATUM_ATTR = "stratum"  # the strata parameter's value of a trial in a stratified search (bench.strata)
+STRATUM_INDEX_ATTR = "stratum_index"  # the trial's index in its stratum: its sampler seed and its place in the stratum's order
 SURPLUS_ATTR = "surplus"  # True on a trial beyond n_trials that a worker did not run
 # study user attributes
 PARENT_ATTR = "mlflow_parent_run_id"  # the study's MLflow parent run

@@ -41,10 +41,10 @@ def test_latent_study_searches_size_width_and_kl_weight():
     assert (width.type, width.low, width.high, width.log) == ("int", 64, 1024, True)
     assert (beta.type, beta.low, beta.high, beta.log) == ("float", 0.25, 4.0, True)
     assert spec.latent_sizes == (2, 4, 8, 16, 32, 64)
-    assert latent.cover and not width.cover and not beta.cover
-    assert spec.coverage_trials == [{"latent_dim": d} for d in (2, 4, 8, 16, 32, 64)]
-    assert spec.n_trials == 16 and spec.train.epochs == 8
-    assert (spec.pruner.type, spec.pruner.n_warmup_steps, spec.pruner.n_startup_trials) == ("median", 2, 4)
+    assert latent.strata and not width.strata and not beta.strata  # every size tuned with the same budget
+    assert spec.strata_param is latent and spec.coverage_trials == []
+    assert spec.trials_per_stratum == 5 and spec.n_trials == 30 and spec.train.epochs == 8
+    assert (spec.pruner.type, spec.pruner.n_warmup_steps, spec.pruner.n_startup_trials) == ("median", 2, 2)
     assert spec.baselines.models == ("ae", "pca")
     assert spec.replicate_seeds == (1, 2, 3)  # 3 replicates, none with the search's seed 0
 
