@@ -99,9 +99,11 @@ def experiment_note(spec: StudySpec) -> str:
     )
 
 
-def parent_note(spec: StudySpec, best=None, report: str | None = None) -> str:
-    """The parent run's description: what was searched, the best trial, where the report is."""
-    lines = [f"Study `{spec.name}`: {spec.n_trials} trials, searching {', '.join(spec.searched) or 'nothing'} "
+def parent_note(spec: StudySpec, best=None, report: str | None = None, under_tuned: list[int] | None = None) -> str:
+    """The parent run's description: what was searched, the best trial, where the report is, which sizes are under-tuned."""
+    budget = (f"{spec.trials_per_stratum} trials for each {spec.strata_param.name} ({spec.n_trials} in all)"
+              if spec.strata_param is not None else f"{spec.n_trials} trials")
+    lines = [f"Study `{spec.name}`: {budget}, searching {', '.join(spec.searched) or 'nothing'} "
              f"({spec.sampler.type} sampler, {spec.pruner.type} pruner), {_goal(spec)}."]
     if best is not None:
         lines.append(f"Best: trial {best.number} (run {best.user_attrs.get(T.RUN_ID_ATTR, '?')}), "
@@ -110,12 +112,18 @@ def parent_note(spec: StudySpec, best=None, report: str | None = None) -> str:
     if report:
         lines.append(f"Comparison with the autoencoder and PCA: the `report/` artifacts "
                      f"(comparison.md), also written to {report}.")
+    if under_tuned:
+        lines.append(f"Under-tuned: latent size {', '.join(map(str, under_tuned))} (the expected best of n trials still "
+                     "rises beyond its bootstrap band at the last doubling of n): more trials would likely help.")
     return "\n\n".join(lines)
 
 
-def trial_note(spec: StudySpec, number: int, params: Mapping[str, Any], covered: bool, outcome: str = "") -> str:
+def trial_note(spec: StudySpec, number: int, params: Mapping[str, Any], covered: bool = False, outcome: str = "") -> str:
     head = f"VAE trial {number} of study `{spec.name}`: {_params(params)}"
     head += " (queued to cover its latent size; never pruned)." if covered else "."
+    if spec.strata_param is not None:
+        head += (f" Its stratum is {spec.strata_param.name} = {params.get(spec.strata_param.name)}, tuned with "
+                 f"{spec.trials_per_stratum} trials like every other.")
     return head + (f"\n\n{outcome}" if outcome else "")
 
 

@@ -39,6 +39,7 @@ def write_report(ctx: StudyContext, report_dir: str | None) -> None:
 
     out = report_folder(ctx.spec.name, report_dir)
     report = make_report(ctx.tracker, ctx.spec.name, ctx.parent_run_id, out)
-    ctx.tracker.set_note(ctx.parent_run_id, parent_note(ctx.spec, best_trial(ctx.study, ctx.spec), str(out)))
+    note = parent_note(ctx.spec, best_trial(ctx.study, ctx.spec), str(out), report.under_tuned)
+    ctx.tracker.set_note(ctx.parent_run_id, note)
     print("\n" + report.printed())  # the table is the result: printed with or without progress bars
     print(f"report: {out}/comparison.md")

@@ -23,6 +23,7 @@ from bench.metrics import COMPARISON, VAE_TEST, better
 from bench.stats import ALPHA, LEVEL, holm, t_interval, welch_p
 from bench.tracking import REPLICATE_OF_TAG, REPLICATE_ROLE, ROLE_TAG, SEED_TAG
 from bench.tags import IMAGE_KEYS, grid_file
+from bench.tuning import best_per_search, expected_best_figure, expected_best_table, latent_sanity, rankings, search_seed_spread, trial_scores
 
 # metrics every model has (test/ood_auroc when the study names an OOD dataset), in the order the
 # table shows them, with the direction that is better
@@ -42,6 +43,37 @@ class Report:
     replicates: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per replicate run: model, latent_dim, seed, metrics
     verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (latent_dim, metric, other model): the tests
     rd_points: pd.DataFrame | None = None  # every finished trial's rate and distortion (bench.frontier)
+    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)  # per latent size: trials, best, last-doubling gain, under-tuned (bench.tuning)
+    tuning_curve: pd.DataFrame = field(default_factory=pd.DataFrame)  # per (latent size, n): expected best of n trials and its band
+    sanity: list[str] = field(default_factory=list)  # sizes that fit worse than a smaller one, with the likely cause
+    search_best: pd.DataFrame = field(default_factory=pd.DataFrame)  # per (search, latent size): its best val/elbo (--search-seeds)
+
+    def search_spread_text(self) -> str:
+        """The spread of the best val/elbo across the searches (search seeds), beside the replicates' interval."""
+        if self.search_best.empty or self.search_best["study"].nunique() < 2:
+            return ""
+        spread = search_seed_spread(self.search_best)
+        if "test/elbo" + HW in self.vae_table:
+            spread = spread.merge(self.vae_table[["latent_dim", "test/elbo" + HW]], on="latent_dim", how="left")
+            spread = spread.rename(columns={"test/elbo" + HW: "train_seed_hw95"})
+        ranks = rankings(self.search_best)
+        same = len({tuple(r) for r in ranks.values()}) == 1
+        lines = [f"{s}: {' > '.join(map(str, r))}" for s, r in ranks.items()]
+        return (spread.to_string(index=False, float_format=lambda v: f"{v:.2f}")
+                + "\nlatent sizes by best val/elbo in each search:\n  " + "\n  ".join(lines)
+                + f"\nthe ranking {'is the same in every search' if same else 'differs between searches'}")
+
+    @property
+    def under_tuned(self) -> list[int]:
+        return [] if self.tuning.empty else [int(x) for x in self.tuning.loc[self.tuning["under_tuned"], "latent_dim"]]
+
+    def tuning_text(self) -> str:
+        """The search's budget per latent size, as printed and in comparison.md."""
+        if self.tuning.empty:
+            return ""
+        t = self.tuning.assign(flag=["under-tuned" if u else "" for u in self.tuning["under_tuned"]])
+        cols = ["latent_dim", "trials", "pruned", "best", "gain_last_doubling", "band_hw", "flag"]
+        return t[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}")
 
     @property
     def has_replicates(self) -> bool:
@@ -52,14 +84,24 @@ class Report:
         return verdict_table(self.verdicts, self.table)
 
     def printed(self) -> str:
-        """What the CLIs print: the table (with intervals and n when there are replicates) and the verdicts."""
+        """What the CLIs print: the search's budget per size, the table (with intervals and n when there are
+        replicates), the verdicts and any size that fits worse than a smaller one."""
+        tuning = ""
+        if not self.tuning.empty:
+            tuning = ("search budget per latent size (best val/elbo; gain of the last doubling of trials in the "
+                      "expected best; band_hw: half-width of its 95 % bootstrap band; under-tuned: that gain exceeds the size's "
+                      "training-seed noise (replicates' test/elbo half-width) and 0.5 nats):\n" + self.tuning_text() + "\n\n")
+        sanity = "".join(f"\nworse with a larger latent size: {line}" for line in self.sanity)
+        if self.search_spread_text():
+            sanity += ("\n\nbest val/elbo across search seeds (searches differing only by the sampler's seed), beside "
+                       "the replicates' test/elbo 95 % half-width:\n" + self.search_spread_text())
         with pd.option_context("display.width", 250, "display.max_columns", 40, "display.max_colwidth", 40):
             if not self.has_replicates:
-                return self.table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
-            return (display_table(self.table, list(SHARED_METRICS)).to_string(index=False)
+                return tuning + self.table.to_string(index=False, float_format=lambda v: f"{v:.4g}") + sanity
+            return tuning + (display_table(self.table, list(SHARED_METRICS)).to_string(index=False)
                     + f"\n\nmean ± {LEVEL:.0%} t-interval half-width over n seed replicates\n"
                     + f"verdicts (Welch t-test of the best mean against each other model, Holm-adjusted "
-                    + f"across the table, alpha {ALPHA}):\n" + self.verdict_table().to_string(index=False))
+                    + f"across the table, alpha {ALPHA}):\n" + self.verdict_table().to_string(index=False)) + sanity
 
 
 def compared_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -121,11 +163,19 @@ def build_report(runs: pd.DataFrame) -> Report:
     rd = rate_distortion_points(runs, set(vae["run_id"]))  # every finished trial's rate and distortion
     reps = replicate_runs(runs, sel)
     if not reps.empty:
-        return replicate_report(reps, sel[["run_id", "model", "latent_dim"]], vae_table.reset_index(drop=True), rd)
-    cols = [f"metrics.{m}" for m in SHARED_METRICS if f"metrics.{m}" in sel]
-    table = _order(sel[["model", "latent_dim", *cols]].rename(columns=lambda c: c.removeprefix("metrics.")))
-    return Report(table, vae_table.reset_index(drop=True), sel[["run_id", "model", "latent_dim"]],
-                  verdicts=significance_tests(table, None), rd_points=rd)
+        report = replicate_report(reps, sel[["run_id", "model", "latent_dim"]], vae_table.reset_index(drop=True), rd)
+    else:
+        cols = [f"metrics.{m}" for m in SHARED_METRICS if f"metrics.{m}" in sel]
+        table = _order(sel[["model", "latent_dim", *cols]].rename(columns=lambda c: c.removeprefix("metrics.")))
+        report = Report(table, vae_table.reset_index(drop=True), sel[["run_id", "model", "latent_dim"]],
+                        verdicts=significance_tests(table, None), rd_points=rd)
+    scores = trial_scores(runs)
+    if not scores.empty:
+        hw = "test/elbo" + HW  # the training seed's noise, where there are replicates
+        noise = dict(zip(report.vae_table["latent_dim"], report.vae_table[hw])) if hw in report.vae_table else None
+        report.tuning, report.tuning_curve = expected_best_table(scores, noise=noise)
+    report.sanity = latent_sanity(report.vae_table, report.tuning)
+    return report
 
 
 def replicate_report(
@@ -271,6 +321,7 @@ def write_report(report: Report, out: Path, tracker=None, study: str = "") -> li
               "By point estimate; whether the differences beat the noise is unknown without replicates.", "",
               to_markdown(winners(report.table)), "", "## Verdicts", "", verdict_note, "",
               to_markdown(report.verdict_table()), "", "## VAE only", "", to_markdown(report.vae_table), ""]
+    files += _tuning(report, out, md)
     files += _rate_distortion(report, out, study, md)
     (out / "comparison.md").write_text("\n".join(md), encoding="utf-8")
     files += [out / "comparison.csv", out / "vae_metrics.csv", out / "verdicts.csv", out / "comparison.md"]
@@ -283,6 +334,45 @@ def write_report(report: Report, out: Path, tracker=None, study: str = "") -> li
             files.append(path)
     if tracker is not None:
         files += _image_comparisons(report, out, tracker)
+    return files
+
+
+def _tuning(report: Report, out: Path, md: list[str]) -> list[Path]:
+    """expected_best.png and tuning.csv: is each latent size's search budget enough (bench.tuning); a section of
+    comparison.md with the sizes that fit worse than a smaller one."""
+    import matplotlib.pyplot as plt
+
+    files = []
+    if not report.tuning.empty:
+        report.tuning.to_csv(out / "tuning.csv", index=False)
+        report.tuning_curve.to_csv(out / "expected_best.csv", index=False)
+        fig = expected_best_figure(report.tuning_curve)
+        fig.savefig(out / "expected_best.png")
+        plt.close(fig)
+        files += [out / "tuning.csv", out / "expected_best.csv", out / "expected_best.png"]
+        flagged = report.under_tuned
+        md += ["## Is the search's budget enough?", "",
+               "Per latent size: its trials (pruned ones count with their last validation ELBO), the best "
+               "`val/elbo`, and the gain of the last doubling of trials in the expected best of n trials (the "
+               "expected maximum of n of them drawn without replacement, Dodge et al. 2019; curve and "
+               f"{LEVEL:.0%} bootstrap band in `expected_best.png`, its half-width at all trials `band_hw`). "
+               "**under-tuned**: that gain is larger than the size's training-seed noise (the replicates' 95 % "
+               "half-width of test ELBO) and than 0.5 nats: the curve still rises, so more trials would likely "
+               "find a better VAE of that size.", "",
+               to_markdown(report.tuning.assign(under_tuned=["**under-tuned**" if u else "" for u in report.tuning["under_tuned"]])),
+               "", f"Under-tuned: {', '.join(map(str, flagged))}." if flagged else "No size is under-tuned.", ""]
+    if report.search_spread_text():
+        report.search_best.to_csv(out / "search_seeds.csv", index=False)
+        files.append(out / "search_seeds.csv")
+        md += ["## The search's own noise", "",
+               "The same study searched again with other sampler seeds (`--search-seeds`): per latent size, the spread "
+               "of the best `val/elbo` across the searches, beside the replicates' 95 % half-width of `test/elbo` "
+               "(the training seed's noise).", "", "```", report.search_spread_text(), "```", ""]
+    md += ["## Over latent size", "",
+           "With an equal budget per size, test ELBO should not fall, nor NLL rise, as the latent size grows, "
+           "beyond the sum of the two sizes' intervals."
+           + ("" if report.sanity else " None does."), ""]
+    md += [f"- {line}" for line in report.sanity] + ([""] if report.sanity else [])
     return files
 
 
@@ -341,6 +431,9 @@ def make_report(tracker, study: str, parent_run_id: str, out: Path, log: bool = 
     """Read the parent's child runs, write the report to `out` and (if log) to the parent run."""
     df = child_runs(tracker, parent_run_id)
     report = build_report(df)
+    best = best_per_search(tracker.trial_runs())
+    # this study and its search-seed siblings (bench.run --search-seeds: <study>-search1, ...)
+    report.search_best = best[(best["study"] == study) | best["study"].str.startswith(f"{study}-search")]
     write_report(report, out, tracker, study)
     if log:
         tracker.log_dir(parent_run_id, out, "report")

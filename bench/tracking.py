@@ -273,6 +273,12 @@ class Tracker:
         return mlflow.search_runs([self.experiment_id], filter_string=f"tags.`{T.PARENT_RUN}` = '{parent}'",
                                   output_format="pandas")
 
+    def trial_runs(self):
+        """Every VAE trial run of the experiment, of every study in it (--search-seeds puts several there)."""
+        mlflow = _mlflow()
+        mlflow.set_tracking_uri(self.uri)
+        return mlflow.search_runs([self.experiment_id], filter_string=f"tags.`{T.ROLE}` = 'trial'", output_format="pandas")
+
     def metrics_of(self, run_id: str) -> dict[str, float]:
         """The latest value of each metric of a run."""
         return dict(self.client.get_run(run_id).data.metrics)
