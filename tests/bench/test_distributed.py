@@ -646,11 +646,15 @@ def test_workers_resuming_a_study_tracked_elsewhere_agree_on_one_new_parent(tmp_
     assert [r.info.run_id for r in active] == [parents[0][1]]
 
 
-OPEN_TRACKER_AT = """
-import sys, time
-from bench.tracking import Tracker
-start = float(sys.argv[2])
-while time.time() < start:
+OPEN_TRACKER_ON_GO = """
+import pathlib, sys, time
+from bench.tracking import Tracker  # imports mlflow: the slow part, done before the barrier
+folder = pathlib.Path(sys.argv[2])
+(folder / f"ready-{sys.argv[3]}").touch()
+deadline = time.monotonic() + 120
+while not (folder / "go").exists():
+    if time.monotonic() > deadline:
+        sys.exit("no go within 120 s")
     time.sleep(0.002)
 Tracker(sys.argv[1], "race")
 print("ok")
@@ -660,9 +664,15 @@ print("ok")
 def test_workers_starting_together_on_a_new_sqlite_store_all_open_it(tmp_path):
     """Two `python -m bench.run` in one folder share ./mlflow.db: creating its tables must not race."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    uri, start = f"sqlite:///{tmp_path / 'mlflow.db'}", time.time() + 8  # once every process has imported mlflow
-    procs = [subprocess.Popen([sys.executable, "-c", OPEN_TRACKER_AT, uri, str(start)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    uri, barrier = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "barrier"
+    barrier.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_TRACKER_ON_GO, uri, str(barrier), str(i)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
+    # released together once every process has imported mlflow, however long that takes on this machine
+    # (a fixed start time assumed a speed: a late process would open the store alone and test no race)
+    wait_for(lambda: len(list(barrier.glob("ready-*"))) == 3 or any(p.poll() is not None for p in procs), 120,
+             "3 processes importing mlflow", poll_s=0.05)
+    (barrier / "go").touch()
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-600:] for _, err in outs]
     assert [out.strip() for out, _ in outs] == ["ok"] * 3

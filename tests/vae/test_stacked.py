@@ -128,8 +128,19 @@ def test_stacked_run_agrees_with_fit_one_seed_at_a_time(small_mnist, kind):
         for got, want in zip(history, ref_history):
             for key in want:
                 assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-2), (s, key)
+        # 20 Adam steps apart only by rounding (batched vs single GEMMs): 0 on this project's Intel CPU,
+        # 2.1e-6 at most when the reference trains with 2 threads (another GEMM blocking). The exception is
+        # Adam's first step, about lr * sign(g): a coordinate whose first gradient is within rounding of 0
+        # may step the other way here, 2 lr apart, and the later steps (driven by the later, agreeing
+        # gradients) do not close that. So no coordinate may be more than 2 lr + 1e-3 off, and at most 1 in
+        # 10,000 beyond 1e-3 (AMD's one-step run had 1-2 near-zero gradients per model, none flipped);
+        # a real error moves every coordinate.
+        off = total = 0
         for got, want in zip(model.parameters(), ref.parameters()):
-            torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+            d = (got - want).abs()
+            assert d.max().item() <= 2 * FAST.lr + 1e-3, (s, d.max().item())
+            off, total = off + int((d > 1e-3 + 1e-3 * want.abs()).sum()), total + d.numel()
+        assert off <= total // 10_000, f"seed {s}: {off} of {total} parameters more than 1e-3 off"
     # the seeds differ: the replicates are not copies of one another
     assert stacked[0][1][-1]["train/recon_bce"] != stacked[1][1][-1]["train/recon_bce"]
 
