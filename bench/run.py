@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)  # from the start: SIGTERM is a clean stop
     args = build_parser().parse_args(argv)
     v = validate(args)
-    if args.search_index == 0:
+    if args.search_index == 0 and args.worker_index == 0:  # local workers it spawns join one search each
         for i in range(1, args.search_seeds):  # the other searches first: the first one's report compares them
             sub = strip_search_seeds(argv) + ["--search-index", str(i), "--no-baselines"]
             sub_args = build_parser().parse_args(sub)
