@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -55,17 +56,27 @@ def supports(model: nn.Module) -> bool:
 
 
 class _Linear:
-    """One nn.Linear of the stack, its gradients and its output buffers (full batch; views per batch size)."""
+    """One nn.Linear of a stack: its weights and gradients (views into the flat buffers) and its output buffers."""
 
     def __init__(self, linear: nn.Linear, grad_w: torch.Tensor, grad_b: torch.Tensor, act: str | None,
                  batch: int) -> None:
-        self.w, self.b = linear.weight.detach(), linear.bias.detach()  # (out, in), (out,): views into the flat buffer
+        self.w, self.b = linear.weight.detach(), linear.bias.detach()  # (out, in), (out,)
+        self.wt = self.w.t()  # (in, out): nn.Linear's layout for the forward product
         self.gw, self.gb = grad_w, grad_b
         self.act = ACTIVATION_STEPS[act] if act is not None else None
-        out = self.w.shape[0]
-        self.a = torch.empty(batch, out, dtype=self.w.dtype)  # pre-activation (B, out); the activation's output too unless keeps_input
-        self.h = torch.empty(batch, out, dtype=self.w.dtype) if self.act is not None and self.act.keeps_input else self.a
-        self.g = torch.empty(batch, out, dtype=self.w.dtype)  # dLoss/dh, then dLoss/da in place (unused for a stack's last layer)
+        out, dtype = self.w.shape[0], self.w.dtype
+        self.a = torch.empty(batch, out, dtype=dtype)  # pre-activation (B, out); the activation's output too unless keeps_input
+        self.h = torch.empty(batch, out, dtype=dtype) if self.act is not None and self.act.keeps_input else self.a
+        self.g = torch.empty(batch, out, dtype=dtype)  # dLoss/dh, then dLoss/da in place (unused for a stack's last layer)
+
+
+class _Rows(NamedTuple):
+    """The first b rows of each layer's buffers (contiguous views), made once per batch size, not per step."""
+
+    a: list[torch.Tensor]
+    h: list[torch.Tensor]
+    g: list[torch.Tensor]
+    ones: torch.Tensor  # (b,): the bias gradient is g^T @ ones, a GEMV that takes the 1 / b as its alpha
 
 
 class _Stack:
@@ -80,43 +91,64 @@ class _Stack:
                 act = next((k for k, cls in ACTIVATIONS.items() if type(nxt) is cls), None) if nxt is not None else None
                 gw, gb = views[id(m.weight)][1], views[id(m.bias)][1]
                 self.layers.append(_Linear(m, gw, gb, act, batch))
+        self._rows: dict[int, _Rows] = {}
 
     @property
     def out(self) -> torch.Tensor:
         return self.layers[-1].a  # (B, out): the stack's output (no activation after the last Linear)
 
-    def forward(self, x: torch.Tensor, b: int) -> None:
-        """x (b, in) -> self.out[:b]."""
+    def rows(self, b: int) -> _Rows:
+        if b not in self._rows:
+            ls = self.layers
+            self._rows[b] = _Rows([x.a[:b] for x in ls], [x.h[:b] for x in ls], [x.g[:b] for x in ls],
+                                  torch.ones(b, dtype=ls[0].w.dtype))
+        return self._rows[b]
+
+    def forward(self, x: torch.Tensor, r: _Rows) -> None:
+        """x (b, in) -> r.a[-1], (b, out)."""
         h = x
-        for layer in self.layers:
-            a = layer.a[:b]
-            torch.addmm(layer.b, h, layer.w.t(), out=a)  # a = h W^T + bias, as nn.Linear
+        for layer, a, h_out in zip(self.layers, r.a, r.h):
+            torch.addmm(layer.b, h, layer.wt, out=a)  # a = h W^T + bias, as nn.Linear
             if layer.act is not None:
-                layer.act.forward(a, layer.h[:b])
-            h = layer.h[:b]
+                layer.act.forward(a, h_out)
+            h = h_out
 
-    def backward(self, x: torch.Tensor, g_out: torch.Tensor, b: int, scale: float, g_in: torch.Tensor | None) -> None:
-        """Weight and bias gradients from g_out = scale * dLoss/d(out) (b, out), and dLoss/dx into g_in (b, in).
+    def backward(self, x: torch.Tensor, g_out: torch.Tensor, r: _Rows, scale: float, g_in: torch.Tensor | None) -> None:
+        """Weight and bias gradients from g_out = dLoss/d(out) / scale (b, out), and dLoss/dx into g_in (b, in).
 
-        `scale` multiplies g_out into the true gradient inside the GEMMs (their alpha), so the caller
-        need not scale a whole (b, out) buffer first; later layers' gradients come out of those GEMMs scaled.
+        `scale` turns g_out into the true gradient inside the GEMMs (their alpha), so the caller need not
+        scale a whole (b, out) buffer first; the gradients below come out of those GEMMs already scaled.
         """
         g = g_out
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
-            below = self.layers[i - 1] if i > 0 else None
-            h_in = below.h[:b] if below is not None else x
+            h_in = r.h[i - 1] if i > 0 else x
             torch.addmm(layer.gw, g.t(), h_in, beta=0, alpha=scale, out=layer.gw)  # (out, in) = g^T h_in
-            torch.sum(g, 0, out=layer.gb)  # (out,)
-            if scale != 1.0:
-                layer.gb.mul_(scale)
-            target = below.g[:b] if below is not None else g_in
-            if target is not None:  # the images need no gradient: the first layer skips this product, as autograd does
-                torch.addmm(target, g, layer.w, beta=0, alpha=scale, out=target)  # (b, in) = g W
-            if below is not None:
-                below.act.backward(target, below.a[:b], below.h[:b])  # dLoss/dh -> dLoss/da, in place
-                g = target
-            scale = 1.0
+            torch.addmv(layer.gb, g.t(), r.ones, beta=0, alpha=scale, out=layer.gb)  # (out,) = g^T 1
+            if i == 0:  # the images need no gradient: the first layer skips this product, as autograd does
+                if g_in is not None:
+                    torch.addmm(g_in, g, layer.w, beta=0, alpha=scale, out=g_in)  # (b, in) = g W
+                break
+            below = self.layers[i - 1]
+            target = r.g[i - 1]
+            torch.addmm(target, g, layer.w, beta=0, alpha=scale, out=target)  # dLoss/dh below, (b, in) = g W
+            below.act.backward(target, r.a[i - 1], r.h[i - 1])  # dLoss/dh -> dLoss/da, in place
+            g, scale = target, 1.0
+
+
+class _Latent(NamedTuple):
+    """The first b rows of the latent and loss buffers, and the constants of batch size b, made once per size."""
+
+    eps: torch.Tensor  # (b, L) reparameterization noise
+    std: torch.Tensor  # (b, L) exp(logvar / 2)
+    z: torch.Tensor  # (b, L)
+    k: torch.Tensor  # (b, L) 2 * KL per element, then scratch
+    dz: torch.Tensor  # (b, L)
+    d_mu: torch.Tensor  # (b, L) view of d_head
+    d_logvar: torch.Tensor  # (b, L) view of d_head
+    d_head: torch.Tensor  # (b, 2L)
+    t: torch.Tensor  # (b, 784) the BCE's scratch
+    kl_scale: torch.Tensor  # 0-d: beta / (2 b), a tensor so no Python number is wrapped per step
 
 
 class FusedStep:
@@ -162,83 +194,94 @@ class FusedStep:
                 offset += n
         self.encoder = _Stack(model.encoder, views, batch_size)
         self.decoder = _Stack(model.decoder, views, batch_size)
-        L, B = self.latent, batch_size
-        self.z = torch.empty(B, L, dtype=dtype) if self.is_vae else None  # the decoder's input: sampled z (a VAE) or the code
+        L, B, D = self.latent, batch_size, self.decoder.out.shape[1]
+        self.z = torch.empty(B, L, dtype=dtype)  # the decoder's input: sampled z (a VAE; unused by an autoencoder)
         self.eps = torch.empty(B, L, dtype=dtype)  # reparameterization noise
         self.std = torch.empty(B, L, dtype=dtype)  # exp(logvar / 2)
-        self.kl_buf = torch.empty(B, L, dtype=dtype)  # per-element KL terms, then scratch of the KL gradient
+        self.kl_buf = torch.empty(B, L, dtype=dtype)  # 2 * KL per element, then scratch of the KL gradient
         self.dz = torch.empty(B, L, dtype=dtype)  # dLoss/dz
-        self.d_head = torch.empty(B, 2 * L, dtype=dtype) if self.is_vae else None  # dLoss/d(mu, logvar), (B, 2L)
-        self.scratch = torch.empty(B, self.decoder.out.shape[1], dtype=dtype)  # the BCE's elementwise terms, (B, 784)
-        self.x = torch.empty(B, self.encoder.layers[0].w.shape[1], dtype=dtype)  # the batch, gathered and binarized here
+        self.d_head = torch.empty(B, 2 * L, dtype=dtype)  # dLoss/d(mu, logvar) (a VAE)
+        self.scratch = torch.empty(B, D, dtype=dtype)  # the BCE's elementwise terms, (B, 784)
+        self.x = torch.empty(B, self.encoder.layers[0].w.shape[1], dtype=dtype)  # a batch, for the caller to fill
         # per step: BCE summed over the batch's images and pixels, 2 * KL summed likewise (0 for an autoencoder),
         # then two scratch sums of the BCE
         self.terms = torch.zeros(4, dtype=dtype)
         self._t = [self.terms[i] for i in range(4)]  # 0-d views, written by reductions with out=
+        # numbers as 0-d tensors of the buffers' dtype: a Python number would be wrapped and cast every step
+        self._one, self._half = torch.ones((), dtype=dtype), torch.full((), 0.5, dtype=dtype)
+        self._step_one = torch.ones(())
+        self._latent_rows: dict[int, _Latent] = {}
+
+    def _latent(self, b: int) -> _Latent:
+        if b not in self._latent_rows:
+            L = self.latent
+            self._latent_rows[b] = _Latent(
+                self.eps[:b], self.std[:b], self.z[:b], self.kl_buf[:b], self.dz[:b], self.d_head[:b, :L],
+                self.d_head[:b, L:], self.d_head[:b], self.scratch[:b], torch.full((), self.beta / (2 * b), dtype=self.x.dtype),
+            )
+        return self._latent_rows[b]
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """One Adam step on the batch x (b, 784), b <= batch_size; z noise drawn from `generator` as VAE.loss draws it.
 
-        Afterwards `terms` holds the batch's BCE sum and twice its KL sum (nats, summed over its images).
+        Afterwards terms[0] holds the batch's BCE and terms[1] twice its KL (nats, summed over its images).
         """
         b = x.shape[0]
         enc, dec = self.encoder, self.decoder
-        enc.forward(x, b)
+        er, dr, v = enc.rows(b), dec.rows(b), self._latent(b)
+        enc.forward(x, er)
+        head = er.a[-1]  # (b, 2L) for a VAE: mean and log-variance; (b, L) for an autoencoder: the code
         if self.is_vae:
             L = self.latent
-            head = enc.out[:b]
             mu, logvar = head[:, :L], head[:, L:]  # (b, L) each, strided views
-            eps, std, z = self.eps[:b], self.std[:b], self.z[:b]
-            torch.randn(eps.shape, generator=generator, out=eps)  # same draw as VAE.reparameterize's randn
-            torch.mul(logvar, 0.5, out=std).exp_()
-            torch.addcmul(mu, std, eps, out=z)  # z = mu + std * eps
+            torch.randn(v.eps.shape, generator=generator, out=v.eps)  # the same draw as VAE.reparameterize's randn
+            torch.mul(logvar, self._half, out=v.std).exp_()
+            torch.addcmul(mu, v.std, v.eps, out=v.z)  # z = mu + std * eps
+            z = v.z
         else:
-            z = enc.out[:b]
-        dec.forward(z, b)
-        logits = dec.out[:b]
-        self._bce(logits, x)  # logits now hold sigma(logits) - x: b * dLoss/dlogits
-        dz = self.dz[:b]
-        dec.backward(z, logits, b, 1.0 / b, dz)
-        if self.is_vae:
-            k = self.kl_buf[:b]
-            # 2 KL per element = mu^2 + std^2 - 1 - logvar; summed for the reported term
-            torch.mul(std, std, out=k)
-            k.sub_(logvar).sub_(1.0).addcmul_(mu, mu)
+            z = head
+        dec.forward(z, dr)
+        logits = dr.a[-1]  # (b, 784)
+        self._bce(logits, x, v.t)  # logits now hold sigma(logits) - x = b * dLoss/dlogits
+        dec.backward(z, logits, dr, 1.0 / b, v.dz)
+        if not self.is_vae:
+            enc.backward(x, v.dz, er, 1.0, None)
+        else:
+            k = v.k
+            torch.mul(v.std, v.std, out=k)  # 2 KL per element = std^2 - 1 - logvar + mu^2
+            k.sub_(logvar).sub_(self._one).addcmul_(mu, mu)
             torch.sum(k, (0, 1), out=self._t[1])
-            d_mu, d_logvar = self.d_head[:b, :L], self.d_head[:b, L:]
-            torch.add(dz, mu, alpha=self.beta / b, out=d_mu)
-            torch.mul(std, std, out=d_logvar)
-            d_logvar.sub_(1.0).mul_(self.beta / (2 * b))
-            torch.mul(dz, eps, out=k)
-            d_logvar.addcmul_(k, std, value=0.5)
-            enc.backward(x, self.d_head[:b], b, 1.0, None)
-        else:
-            enc.backward(x, dz, b, 1.0, None)
-        self.step_count.add_(1)
+            torch.add(v.dz, mu, alpha=self.beta / b, out=v.d_mu)  # dz + beta * mu / b
+            torch.mul(v.std, v.std, out=v.d_logvar)
+            v.d_logvar.sub_(self._one).mul_(v.kl_scale)  # beta * (std^2 - 1) / (2 b)
+            torch.mul(v.dz, v.eps, out=k)
+            v.d_logvar.addcmul_(k, v.std, value=0.5)  # + dz * eps * std / 2
+            enc.backward(x, v.d_head, er, 1.0, None)
+        self.step_count.add_(self._step_one)
         torch._fused_adam_(
             [self.flat], [self.flat_grad], [self.exp_avg], [self.exp_avg_sq], [], [self.step_count],
             amsgrad=False, lr=self.lr, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], weight_decay=0.0,
             eps=ADAM_EPS, maximize=False, grad_scale=None, found_inf=None,
         )
 
-    def _bce(self, logits: torch.Tensor, x: torch.Tensor) -> None:
-        """terms[0] = sum of BCE-with-logits over the batch; logits becomes sigma(logits) - x, in place.
+    def _bce(self, logits: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> None:
+        """terms[0] = sum of BCE-with-logits over the batch; logits becomes sigma(logits) - x, in place. t: scratch.
 
         BCE = max(l, 0) - x l + log(1 + exp(-|l|)), summed as (sum l + sum |l|) / 2 - x . l + sum log(1 + e):
         log(1 + e) rather than log1p, which is not vectorized on a CPU (vae.loss._BernoulliNLL says more).
+        Eleven passes over (b, 784); torch.compile of this piece into one kernel was measured and not kept
+        (BENCHMARKS.md, issue 23).
         """
-        t = self.scratch[: logits.shape[0]]
         s_bce, s_abs, s_xl = self._t[0], self._t[2], self._t[3]
-        flat_l, flat_x = logits.view(-1), x.reshape(-1)
         torch.abs(logits, out=t)
         torch.sum(t, (0, 1), out=s_abs)
-        t.neg_().exp_().add_(1.0).log_()
+        t.neg_().exp_().add_(self._one).log_()
         torch.sum(t, (0, 1), out=s_bce)
         s_bce.add_(s_abs, alpha=0.5)
         torch.sum(logits, (0, 1), out=s_abs)
         s_bce.add_(s_abs, alpha=0.5)
-        torch.dot(flat_x, flat_l, out=s_xl)
+        torch.dot(x.reshape(-1), logits.view(-1), out=s_xl)
         s_bce.sub_(s_xl)
         torch.sigmoid(logits, out=logits)
         logits.sub_(x)
