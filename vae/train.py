@@ -50,6 +50,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.step == "fused" and (self.precision != "fp32" or self.compile):
+            raise ValueError("step 'fused' needs precision 'fp32' and compile off; use step 'auto' or 'autograd'")
 
 
 class NonFiniteLossError(RuntimeError):

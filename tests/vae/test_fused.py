@@ -154,8 +154,11 @@ def test_auto_takes_the_fused_step_only_where_it_applies():
     assert not fused_step_applies(vae, auto, torch.device("meta"))
     assert not uses_fused_step(build_model("vae", ModelConfig(latent_dim=4, hidden_width=8)).double(), auto, cpu)
     assert not supports(_OtherModel())
-    with pytest.raises(ValueError, match="step 'fused' needs"):
-        uses_fused_step(vae, TrainConfig(precision="bf16", step="fused"), cpu)
+    with pytest.raises(ValueError, match="step 'fused' needs a CPU"):
+        uses_fused_step(_OtherModel(), TrainConfig(step="fused"), cpu)
+    for bad in ({"precision": "bf16"}, {"compile": True}):  # refused as the config is made, before any training
+        with pytest.raises(ValueError, match="step 'fused' needs precision 'fp32' and compile off"):
+            TrainConfig(step="fused", **bad)
     with pytest.raises(ValueError, match="step must be"):
         TrainConfig(step="fast")
 
