@@ -17,6 +17,7 @@ from torch import nn
 from vae.data import Datasets
 from vae.denormal import denormals_flushed
 from vae.evaluate import elbo_metrics
+from vae.fused import FusedStep
 from vae.loss import bernoulli_nll, gaussian_kl
 from vae.model import INPUT_DIM, ModelConfig, build_model
 from vae.train import (
@@ -24,6 +25,7 @@ from vae.train import (
     NonFiniteLossError,
     TrainConfig,
     fit,
+    fused_step_applies,
     make_optimizer,
     noise_generator,
     seed_everything,
@@ -124,8 +126,9 @@ class StackedModels:
 
 
 def stackable(train_cfg: TrainConfig) -> bool:
-    """Stacking covers fp32 eager training; bf16 autocast and torch.compile train one model at a time."""
-    return train_cfg.precision == "fp32" and not train_cfg.compile
+    """Stacking covers fp32 eager autograd training; bf16 autocast, torch.compile and a forced fused step
+    (TrainConfig.step = "fused") train one model at a time."""
+    return train_cfg.precision == "fp32" and not train_cfg.compile and train_cfg.step != "fused"
 
 
 def fit_replicates(
@@ -147,7 +150,8 @@ def fit_replicates(
     model, results equal to fit's within float tolerance (batched matmuls round differently).
     "sequential" calls fit once per seed. "auto" stacks on a GPU (launch-bound: K models cost
     about one) and on a CPU lets a short timing probe of both ways at these shapes decide,
-    once per shape and thread count; bf16 or compiled training is always sequential.
+    once per shape and thread count, against the step fit would take (vae.fused's where it applies);
+    bf16, compiled or forced-fused training is always sequential.
     Models come back in eval mode on `device`.
     """
     if strategy not in STRATEGIES:
@@ -161,7 +165,9 @@ def fit_replicates(
         seed_everything(s)  # the initial weights come from the seed, as callers of fit do it
         models.append(build_model(kind, model_cfg))
     if strategy == "auto":
-        strategy = "stacked" if stackable(train_cfg) and len(seeds) > 1 and stacking_wins(kind, model_cfg, len(seeds), train_cfg.batch_size, device) else "sequential"
+        fused = train_cfg.step != "autograd" and fused_step_applies(models[0], train_cfg, device)
+        strategy = "stacked" if stackable(train_cfg) and len(seeds) > 1 and stacking_wins(
+            kind, model_cfg, len(seeds), train_cfg.batch_size, device, fused) else "sequential"
     if strategy == "sequential" or not stackable(train_cfg):
         return [(m, fit(m, data, replace(train_cfg, seed=s), device, progress=progress, eval_batch_size=eval_batch_size))
                 for m, s in zip(models, seeds)]
@@ -229,8 +235,10 @@ def _fit_stacked(
     return histories
 
 
-def stacking_wins(kind: str, model_cfg: ModelConfig, k: int, batch_size: int, device: torch.device) -> bool:
-    """Whether one stacked step of k models beats k ordinary steps, here, at these shapes.
+def stacking_wins(
+    kind: str, model_cfg: ModelConfig, k: int, batch_size: int, device: torch.device, fused: bool = False
+) -> bool:
+    """Whether one stacked step of k models beats k ordinary steps (vae.fused's steps if `fused`), here, at these shapes.
 
     On a GPU always (a step of these small models is bound by kernel launches). On a CPU
     a probe decides: best of PROBE_ROUNDS interleaved rounds of PROBE_STEPS steps each way,
@@ -239,13 +247,13 @@ def stacking_wins(kind: str, model_cfg: ModelConfig, k: int, batch_size: int, de
     """
     if device.type != "cpu":
         return True
-    key = (kind, model_cfg, k, batch_size, torch.get_num_threads(), str(device))
+    key = (kind, model_cfg, k, batch_size, torch.get_num_threads(), str(device), fused)
     if key not in _PROBED:
-        _PROBED[key] = _probe(kind, model_cfg, k, batch_size, device)
+        _PROBED[key] = _probe(kind, model_cfg, k, batch_size, device, fused)
     return _PROBED[key]
 
 
-def _probe(kind: str, model_cfg: ModelConfig, k: int, batch_size: int, device: torch.device) -> bool:
+def _probe(kind: str, model_cfg: ModelConfig, k: int, batch_size: int, device: torch.device, fused: bool) -> bool:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         models = [build_model(kind, model_cfg).to(device) for _ in range(k)]
@@ -253,7 +261,9 @@ def _probe(kind: str, model_cfg: ModelConfig, k: int, batch_size: int, device: t
         gens = [torch.Generator(device=device).manual_seed(i) for i in range(k)]
         stack = StackedModels(kind, models, device)
         s_opt = make_optimizer(stack.parameters(), 1e-4)
-        opts = [make_optimizer(m, 1e-4) for m in models]
+        # the stack holds copies of the weights, so the separate models may train on their own
+        fused_steps = [FusedStep(m, batch_size, 1e-4) for m in models] if fused else []
+        opts = [make_optimizer(m, 1e-4) for m in models] if not fused else []
 
         def stacked_steps(steps: int) -> None:
             for _ in range(steps):
@@ -263,6 +273,8 @@ def _probe(kind: str, model_cfg: ModelConfig, k: int, batch_size: int, device: t
 
         def separate_steps(steps: int) -> None:
             for _ in range(steps):
+                for i, fs in enumerate(fused_steps):
+                    fs.step(x[i], gens[i])
                 for i, (m, o) in enumerate(zip(models, opts)):
                     o.zero_grad(set_to_none=True)
                     m.loss(x[i], generator=gens[i])["loss"].backward()

@@ -22,9 +22,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vae.checks import check_fields
-from vae.data import Datasets
+from vae.data import Datasets, Split
 from vae.denormal import denormals_flushed
 from vae.evaluate import elbo_metrics
+from vae.fused import FusedStep, supports
 from vae.model import ModelConfig, build_model
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -43,9 +44,14 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls, fp32 weights and loss
     compile: bool = False  # torch.compile the model's loss (forward and backward); first steps compile
     flush_denormal: bool = True  # on a CPU, treat subnormal floats as 0 while training (vae.denormal says why)
+    # how gradients are computed: "fused" is vae.fused's hand-derived step (no autograd graph, fixed buffers, one
+    # flat Adam), "autograd" is loss.backward(); "auto" takes fused wherever it applies (fused_step_applies)
+    step: Literal["auto", "fused", "autograd"] = "auto"
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.step == "fused" and (self.precision != "fp32" or self.compile):
+            raise ValueError("step 'fused' needs precision 'fp32' and compile off; use step 'auto' or 'autograd'")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -184,62 +190,137 @@ def fit(
     device = torch.device(device)
     seed_everything(config.seed)
     model.to(device).train()
+    fused = uses_fused_step(model, config, device)
     train = data.train.to(device)
     val = data.val.to(device)
-    opt = make_optimizer(model, config.lr)
     shuffle_gen = torch.Generator().manual_seed(config.seed)
     # compiled graphs draw their noise from torch's global generator (seeded above), so the
     # compiled path keeps that one for the binarization too: the same stream as before
     noise_gen = None if config.compile else noise_generator(config.seed, device)
-    # the models of vae.model take the generator; another model's loss(x) draws from torch's global one
-    pass_gen = noise_gen is not None and "generator" in inspect.signature(model.loss).parameters
     history: list[dict[str, float]] = []
     n_batches = math.ceil(len(train) / config.batch_size)
+    if fused:
+        fused_step = FusedStep(model, config.batch_size, config.lr)
+        run_epoch = lambda epoch, bar: _fused_epoch(fused_step, train, config, shuffle_gen, noise_gen, epoch, bar)
+    else:
+        fused_step = None
+        opt = make_optimizer(model, config.lr)
+        loss_fn = compiled_loss(model) if config.compile else model.loss
+        # the models of vae.model take the generator; another model's loss(x) draws from torch's global one
+        pass_gen = noise_gen is not None and "generator" in inspect.signature(model.loss).parameters
 
-    loss_fn = compiled_loss(model) if config.compile else model.loss
+        def run_epoch(epoch: int, bar: tqdm) -> dict[str, float]:
+            batches = train.batches(config.batch_size, shuffle=True, generator=shuffle_gen, binarize_generator=noise_gen)
+            return _autograd_epoch(loss_fn, opt, batches, config, device, noise_gen if pass_gen else None, epoch, bar)
 
-    with denormals_flushed(config.flush_denormal and device.type == "cpu"):
-        for epoch in range(1, config.epochs + 1):
-            model.train()
-            keys: list[str] = []  # the reported terms, in the model's order
-            sums: torch.Tensor | None = None  # (len(keys),) batch-size-weighted sums of those terms
-            seen = 0
-            bar = tqdm(
-                train.batches(config.batch_size, shuffle=True, generator=shuffle_gen, binarize_generator=noise_gen),
-                total=n_batches,
-                desc=f"epoch {epoch}/{config.epochs}",
-                disable=not progress,
-                leave=False,
-                unit="batch",
-            )
-            for step, xb in enumerate(bar):
-                with autocast(device, config.precision):
-                    terms = loss_fn(xb, generator=noise_gen) if pass_gen else loss_fn(xb)
-                loss = terms["loss"]
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                b = xb.shape[0]
-                with torch.no_grad():
-                    # two small ops a step and no host sync: the epoch's sums stay on the device
-                    if not keys:
-                        keys = [k for k in terms if k != "loss"]
-                    batch_terms = torch.stack([terms[k].detach() for k in keys])
-                    sums = batch_terms * b if sums is None else sums.add_(batch_terms, alpha=b)
-                seen += b
-                if step % NONFINITE_CHECK_EVERY == 0 or step == n_batches - 1:
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        raise NonFiniteLossError(epoch, step, value)
-            means = (sums / seen).tolist() if sums is not None else []
-            metrics = {f"train/{k}": v for k, v in zip(keys, means)}
-            if len(val):
-                metrics |= {f"val/{k}": v for k, v in elbo_metrics(model, val.x, eval_batch_size, seed=config.seed).items()}
-            history.append(metrics)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, metrics)
+    try:
+        with denormals_flushed(config.flush_denormal and device.type == "cpu"):
+            for epoch in range(1, config.epochs + 1):
+                model.train()
+                bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False,
+                           unit="batch")
+                with bar:
+                    metrics = run_epoch(epoch, bar)
+                if len(val):
+                    metrics |= {f"val/{k}": v for k, v in elbo_metrics(model, val.x, eval_batch_size, seed=config.seed).items()}
+                history.append(metrics)
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, metrics)
+    finally:
+        if fused_step is not None:
+            fused_step.release()  # the parameters get storage of their own back, also when a callback stopped training
     model.eval()
     return history
+
+
+def fused_step_applies(model: nn.Module, config: TrainConfig, device: torch.device) -> bool:
+    """Whether vae.fused's step can train `model` (on `device`) as `config` asks: a CPU, fp32 throughout
+    (no bf16 autocast, fp32 weights), no torch.compile, and a VAE or Autoencoder of vae.model."""
+    return (device.type == "cpu" and config.precision == "fp32" and not config.compile and supports(model)
+            and all(p.dtype == torch.float32 for p in model.parameters()))
+
+
+def uses_fused_step(model: nn.Module, config: TrainConfig, device: torch.device) -> bool:
+    """config.step resolved for this model and device; "fused" where it does not apply raises ValueError."""
+    applies = fused_step_applies(model, config, device)
+    if config.step == "fused" and not applies:
+        raise ValueError("step 'fused' needs a CPU, precision 'fp32', compile off and a vae or ae model in fp32; "
+                         "use step 'auto' or 'autograd'")
+    return applies and config.step != "autograd"
+
+
+def _check_loss(value: float, epoch: int, step: int) -> None:
+    if not math.isfinite(value):
+        raise NonFiniteLossError(epoch, step, value)
+
+
+def _autograd_epoch(
+    loss_fn: Callable[..., dict[str, torch.Tensor]],
+    opt: torch.optim.Optimizer | LeanAdam,
+    batches: Iterable[torch.Tensor],
+    config: TrainConfig,
+    device: torch.device,
+    noise_gen: torch.Generator | None,
+    epoch: int,
+    bar: tqdm,
+) -> dict[str, float]:
+    """One epoch of loss.backward() steps; the train/<term> means (nats per image)."""
+    n_batches = bar.total
+    keys: list[str] = []  # the reported terms, in the model's order
+    sums: torch.Tensor | None = None  # (len(keys),) batch-size-weighted sums of those terms
+    seen = 0
+    for step, xb in enumerate(batches):
+        with autocast(device, config.precision):
+            terms = loss_fn(xb, generator=noise_gen) if noise_gen is not None else loss_fn(xb)
+        loss = terms["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        b = xb.shape[0]
+        with torch.no_grad():
+            # two small ops a step and no host sync: the epoch's sums stay on the device
+            if not keys:
+                keys = [k for k in terms if k != "loss"]
+            batch_terms = torch.stack([terms[k].detach() for k in keys])
+            sums = batch_terms * b if sums is None else sums.add_(batch_terms, alpha=b)
+        seen += b
+        bar.update()
+        if step % NONFINITE_CHECK_EVERY == 0 or step == n_batches - 1:
+            _check_loss(loss.item(), epoch, step)
+    means = (sums / seen).tolist() if sums is not None else []
+    return {f"train/{k}": v for k, v in zip(keys, means)}
+
+
+def _fused_epoch(
+    fs: FusedStep,
+    train: Split,
+    config: TrainConfig,
+    shuffle_gen: torch.Generator,
+    noise_gen: torch.Generator,
+    epoch: int,
+    bar: tqdm,
+) -> dict[str, float]:
+    """One epoch of fused steps, drawing exactly what Split.batches and VAE.loss draw, in the same order
+    (shuffle from shuffle_gen; binarization, then z noise, per batch from noise_gen); the train/<term> means."""
+    n, bs = len(train), config.batch_size
+    order = torch.randperm(n, generator=shuffle_gen, device="cpu")
+    sums = torch.zeros(2, dtype=fs.terms.dtype)  # BCE and 2 * KL, summed over the epoch's images
+    for step, start in enumerate(range(0, n, bs)):
+        idx = order[start : start + bs]
+        xb = fs.x[: idx.shape[0]]
+        torch.index_select(train.x, 0, idx, out=xb)
+        if train.dynamic:
+            torch.bernoulli(xb, generator=noise_gen, out=xb)  # in place: the same draws as torch.bernoulli(xb)
+        fs.step(xb, noise_gen)
+        sums.add_(fs.terms[:2])
+        bar.update()
+        if step % NONFINITE_CHECK_EVERY == 0 or step == bar.total - 1:
+            bce, kl2 = fs.terms[:2].tolist()
+            _check_loss((bce + fs.beta * kl2 / 2) / xb.shape[0], epoch, step)
+    recon, kl = sums[0].item() / n, sums[1].item() / (2 * n)
+    if not fs.is_vae:
+        return {"train/recon_bce": recon}
+    return {"train/recon_bce": recon, "train/kl": kl, "train/elbo": -(recon + kl)}
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, kind: str, train_config: TrainConfig) -> Path:

@@ -20,35 +20,56 @@ from bench.perf.flops import epoch_matmul_flops
 from bench.perf.machine import Stopwatch, bf16_supported, contended, machine_info
 from bench.perf.probe import adam_step_seconds, gemm_rates
 from bench.perf.reference import (
-    EXAMPLES_QUALITY, FLOOR_RATIO_TARGET, PRECISION_CHOICES, QUALITY_EPOCHS, QUALITY_TARGET, REFERENCE_DATA,
-    REFERENCE_MODEL, REFERENCE_TRAIN, SPEEDUP_TARGET, Precision,
+    EXAMPLES_QUALITY,
+    FLOOR_RATIO_TARGET,
+    PRECISION_CHOICES,
+    QUALITY_EPOCHS,
+    QUALITY_TARGET,
+    REFERENCE_DATA,
+    REFERENCE_MODEL,
+    REFERENCE_TRAIN,
+    SPEEDUP_TARGET,
+    Precision,
 )
+from bench.stats import t_interval
 from vae.data import Datasets, check_data, load_data
 from vae.evaluate import elbo_metrics
 from vae.model import build_model
-from vae.train import TrainConfig, fit
+from vae.train import TrainConfig, fit, uses_fused_step
 
 Timing = tuple[float, float | None]  # (wall seconds, share of the CPUs other processes used meanwhile)
 
 
 def time_interleaved(
     data: Datasets, root: Path, train_config: TrainConfig, epochs: int, warmup: int
-) -> tuple[list[Timing], list[Timing]]:
-    """Per-epoch timings of `fit` and of the pytorch/examples loop, alternating epoch by epoch.
+) -> tuple[list[Timing], list[Timing], list[Timing]]:
+    """Per-epoch timings of `fit`, of fit with the autograd step (when fit's own is the fused one; else
+    empty) and of the pytorch/examples loop, alternating epoch by epoch.
 
-    The reference epoch runs inside fit's on_epoch_end callback, so the two see
-    the same machine load; fit's epoch is timed from the end of one callback to
-    the start of the next. The first `warmup` epochs of each are dropped.
+    The other two run inside fit's on_epoch_end callback, so all three see the same
+    machine load; fit's epoch is timed from the end of one callback to the start of
+    the next. The autograd epoch is a one-epoch fit of a second model (same seed and
+    data; its Adam restarts each time, which costs nothing measurable). The first
+    `warmup` epochs of each are dropped.
     """
     torch.manual_seed(train_config.seed)
     reference = ExamplesTrainer(root, train_config.batch_size, train_config.lr)
     model = build_model("vae", REFERENCE_MODEL)
+    torch.manual_seed(train_config.seed)
+    autograd_model = build_model("vae", REFERENCE_MODEL)
+    autograd_config = replace(train_config, epochs=1, step="autograd")
+    side_by_side = uses_fused_step(model, train_config, torch.device("cpu"))
     fit_t: list[Timing] = []
+    autograd_t: list[Timing] = []
     ref_t: list[Timing] = []
     watch = [Stopwatch()]
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
         fit_t.append(watch[0].stop())
+        if side_by_side:
+            autograd_watch = Stopwatch()
+            fit(autograd_model, data, autograd_config, "cpu", progress=False)
+            autograd_t.append(autograd_watch.stop())
         with denormals_kept():  # pytorch/examples does not flush subnormals; fit does while it trains
             ref_watch = Stopwatch()
             reference.train_epoch()
@@ -56,7 +77,7 @@ def time_interleaved(
         watch[0] = Stopwatch()
 
     fit(model, data, replace(train_config, epochs=warmup + epochs), "cpu", on_epoch_end=on_epoch_end, progress=False)
-    return fit_t[warmup:], ref_t[warmup:]
+    return fit_t[warmup:], autograd_t[warmup:], ref_t[warmup:]
 
 
 def reference_quality(root: Path, train_config: TrainConfig, epochs: int = QUALITY_EPOCHS) -> dict[str, float]:
@@ -86,11 +107,12 @@ def quality_check(data: Datasets, train_config: TrainConfig, epochs: int = QUALI
 
 
 def summarize_run(
-    precision: Precision, fit_t: list[Timing], ref_t: list[Timing], flops: int, rates: dict[str, dict[str, float]]
+    precision: Precision, fit_t: list[Timing], ref_t: list[Timing], flops: int, rates: dict[str, dict[str, float]],
+    autograd_t: list[Timing] = (),
 ) -> dict[str, object]:
-    """Medians, floors and ratios of one precision's interleaved timing."""
+    """Medians, floors and ratios of one precision's interleaved timing (and of the autograd step's, if timed)."""
     fit_s, ref_s = [t for t, _ in fit_t], [t for t, _ in ref_t]
-    shares = [o for _, o in fit_t + ref_t if o is not None]
+    shares = [o for _, o in fit_t + ref_t + list(autograd_t) if o is not None]
     epoch_s, reference_s = statistics.median(fit_s), statistics.median(ref_s)
     floor_s = flops / (rates[precision]["model"] * 1e9)
     peak_floor_s = flops / (rates[precision]["square"] * 1e9)
@@ -107,8 +129,24 @@ def summarize_run(
         "ratio_to_fp32_floor": epoch_s / fp32_floor_s,
         "epochs_s": fit_s,
         "reference_epochs_s": ref_s,
-        "others_cpu_share": {"fit": [o for _, o in fit_t], "reference": [o for _, o in ref_t]},
+        "others_cpu_share": {"fit": [o for _, o in fit_t], "reference": [o for _, o in ref_t],
+                             "autograd": [o for _, o in autograd_t]},
         "max_others_cpu_share": max(shares) if shares else None,
+        **(_autograd_side(fit_s, [t for t, _ in autograd_t], floor_s) if autograd_t else {}),
+    }
+
+
+def _autograd_side(fit_s: list[float], autograd_s: list[float], floor_s: float) -> dict[str, object]:
+    """The autograd step's epochs beside fit's fused ones: its median and ratio, and 95 % t-intervals over the
+    timed epochs of both ratios to the floor and of the per-epoch speedup (each pair ran back to back)."""
+    epoch_s = statistics.median(autograd_s)
+    return {
+        "autograd_epoch_s": epoch_s,
+        "autograd_epochs_s": autograd_s,
+        "autograd_ratio_to_floor": epoch_s / floor_s,
+        "ratio_to_floor_interval": t_interval([t / floor_s for t in fit_s]),
+        "autograd_ratio_to_floor_interval": t_interval([t / floor_s for t in autograd_s]),
+        "fused_speedup_interval": t_interval([a / f for a, f in zip(autograd_s, fit_s)]),
     }
 
 
@@ -139,8 +177,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     info["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
 
     runs: dict[str, dict[str, object]] = {}
-    for p, (fit_t, ref_t) in timings.items():
-        runs[p] = summarize_run(p, fit_t, ref_t, flops, rates)
+    for p, (fit_t, autograd_t, ref_t) in timings.items():
+        runs[p] = summarize_run(p, fit_t, ref_t, flops, rates, autograd_t)
         runs[p]["floor_plus_adam_s"] = runs[p]["floor_s"] + adam_epoch_s
         runs[p]["contended"] = contended(runs[p])  # then no target is reported as met
         if args.quality:
@@ -158,6 +196,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "compile": train_config.compile,
             "flush_denormal": train_config.flush_denormal,
             "seed": train_config.seed,
+            "step": train_config.step,
             "timed_epochs": args.epochs,
             "warmup_epochs": args.warmup,
         },
@@ -167,7 +206,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "matmul_gflop_per_epoch": flops / 1e9,
         "adam_s_per_epoch": adam_epoch_s,
         "floor_rate": "model: the step's own GEMM shapes, fp32 unless the run is bf16 (see gemm_gflops)",
-        **{k: v for k, v in main_run.items() if k not in ("epochs_s", "reference_epochs_s", "others_cpu_share", "quality")},
+        **{k: v for k, v in main_run.items()
+           if k not in ("epochs_s", "reference_epochs_s", "autograd_epochs_s", "others_cpu_share", "quality")},
         "runs": runs,
         "reference_quality": reference_q,
         "targets": {

@@ -1,4 +1,4 @@
-"""Seconds per model-step of K replicates trained stacked (vae.stacked) against one after the other.
+"""Seconds per model-step of K replicates trained stacked (vae.stacked) against one after the other (autograd and fused).
 
 `python -m bench.perf.replicates [--k 3] [--widths 64 128 256 512 1024] [--threads 1]` interleaves
 both ways in one process (best of --rounds rounds) and prints one row per hidden width.
@@ -16,6 +16,7 @@ import torch
 from bench.errors import HelpFormatter, cli_main
 from bench.perf.machine import Stopwatch, machine_info
 from vae.denormal import denormals_flushed
+from vae.fused import FusedStep
 from vae.model import INPUT_DIM, ModelConfig, build_model
 from vae.stacked import StackedModels
 from vae.train import make_optimizer
@@ -32,6 +33,7 @@ def measure(kind: str, width: int, latent: int, k: int, batch: int, steps: int, 
     stack = StackedModels(kind, [build_model(kind, cfg) for _ in range(k)], dev)
     s_opt = make_optimizer(stack.parameters(), 1e-4)
     opts = [make_optimizer(m, 1e-4) for m in models]
+    fused_steps = [FusedStep(build_model(kind, cfg), batch, 1e-4) for _ in range(k)]  # fit's step on a CPU in fp32
 
     def stacked() -> None:
         for _ in range(steps):
@@ -46,12 +48,19 @@ def measure(kind: str, width: int, latent: int, k: int, batch: int, steps: int, 
                 m.loss(x[i], generator=gens[i])["loss"].backward()
                 o.step()
 
-    best = {"stacked": math.inf, "sequential": math.inf}
+    def fused() -> None:
+        for fs, i in zip(fused_steps, range(k)):
+            for _ in range(steps):
+                fs.step(x[i], gens[i])
+
+    ways = {"stacked": stacked, "sequential": sequential, "fused": fused}
+    best = {name: math.inf for name in ways}
     share = 0.0
     with denormals_flushed(True):
-        stacked(), sequential()
+        for fn in ways.values():
+            fn()
         for _ in range(rounds):
-            for name, fn in (("stacked", stacked), ("sequential", sequential)):
+            for name, fn in ways.items():
                 sw = Stopwatch()
                 fn()
                 wall, others = sw.stop()
@@ -77,11 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     print(f"{info['cpu_model']} (family/model {info['cpu_family_model']}, {' '.join(info['cpu_flags'])}), "
           f"{args.threads} thread(s), load {os.getloadavg()[0]:.2f}")
-    print(f"{'width':>6} {'stacked ms':>11} {'sequential ms':>14} {'stacked/seq':>12} {'others':>7}   (per model-step, K={args.k})")
+    print(f"{'width':>6} {'stacked ms':>11} {'sequential ms':>14} {'fused ms':>9} {'stacked/seq':>12} {'stacked/fused':>14} "
+          f"{'others':>7}   (per model-step, K={args.k}; sequential: autograd steps, fused: vae.fused's, fit's default)")
     for w in args.widths:
         r = measure(args.kind, w, args.latent, args.k, args.batch, args.steps, args.rounds)
-        print(f"{w:6d} {1e3 * r['stacked']:11.3f} {1e3 * r['sequential']:14.3f} {r['stacked'] / r['sequential']:12.2f} "
-              f"{100 * r['others_cpu_share']:6.0f}%")
+        print(f"{w:6d} {1e3 * r['stacked']:11.3f} {1e3 * r['sequential']:14.3f} {1e3 * r['fused']:9.3f} "
+              f"{r['stacked'] / r['sequential']:12.2f} {r['stacked'] / r['fused']:14.2f} {100 * r['others_cpu_share']:6.0f}%")
     print(f"load at end {os.getloadavg()[0]:.2f}")
     return 0
 

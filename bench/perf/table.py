@@ -27,13 +27,22 @@ def _all(key: str) -> Note:
     return lambda run, _: "all: " + " ".join(f"{t:.3f}" for t in run[key])
 
 
-EPOCH_ROWS: tuple[tuple[str, str, Note | None], ...] = (  # (label, key of the run: seconds per epoch, note)
+# (label, key of the run: seconds per epoch, note); a row whose key the run lacks is left out
+EPOCH_ROWS: tuple[tuple[str, str, Note | None], ...] = (
     ("floor at the step's GEMM rate", "floor_s", None),
     ("floor at the square-GEMM peak", "peak_floor_s", None),
     ("floor + fit's Adam steps", "floor_plus_adam_s",
      lambda _, result: f"(Adam alone {result['adam_s_per_epoch']:.3f}: not a matmul, not in the floor)"),
     ("vae.train.fit", "epoch_s", _all("epochs_s")),
+    ("fit, autograd step (step=autograd)", "autograd_epoch_s", _all("autograd_epochs_s")),
     ("pytorch/examples way (reference)", "reference_epoch_s", _all("reference_epochs_s")),
+)
+
+# fused against autograd, when the run timed both (interval: (mean, 95 % half-width, n) over the timed epochs)
+SIDE_BY_SIDE: tuple[tuple[str, str, str], ...] = (  # (label, key of the run, unit)
+    ("ratio to floor, fused step", "ratio_to_floor_interval", ""),
+    ("ratio to floor, autograd step", "autograd_ratio_to_floor_interval", ""),
+    ("autograd / fused, epoch by epoch", "fused_speedup_interval", "x"),
 )
 
 COMPARE: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
@@ -98,7 +107,12 @@ def _run_lines(precision: str, run: Run, result: dict) -> list[str]:
     lines = ["", f"{precision}  (seconds per epoch, median of {len(run['epochs_s'])} after "
                  f"{result['config']['warmup_epochs']} warm-up)"]
     for label, key, note in EPOCH_ROWS:
-        lines.append(f"  {label:<35}{run[key]:8.3f}" + (f"   {note(run, result)}" if note else ""))
+        if key in run:
+            lines.append(f"  {label:<35}{run[key]:8.3f}" + (f"   {note(run, result)}" if note else ""))
+    for label, key, unit in SIDE_BY_SIDE:
+        if key in run:
+            mean, half, n = run[key]
+            lines.append(f"  {label:<35}{mean:8.3f}{unit} +- {half:.3f}   (mean and 95 % t-interval over {n} epochs)")
     for t in targets(precision):
         value = run[t.key]
         lines.append(f"  {t.label:<22}{value:6.2f}{t.unit}   " + verdict(value, t.op, t.limit, contended(run))

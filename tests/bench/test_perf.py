@@ -149,3 +149,24 @@ def test_the_table_of_both_precisions_reads_as_before_line_for_line():
     from bench.perf.table import format_table
 
     assert format_table(_two_precisions()).splitlines() == TWO_PRECISIONS_TABLE.splitlines()
+
+
+def test_the_table_shows_the_fused_and_the_autograd_step_side_by_side():
+    from bench.perf.measure import summarize_run
+    from bench.perf.table import format_table
+
+    rates = {"fp32": {"square": 100.0, "model": 90.0}}
+    flops = 90e9  # 1.0 s at the model rate
+    fused, autograd, ref = [(1.1, 0.0), (1.2, 0.0), (1.3, 0.0)], [(1.5, 0.0), (1.5, 0.0), (1.8, 0.0)], [(9.0, 0.0)] * 3
+    run = summarize_run("fp32", fused, ref, flops, rates, autograd)
+    assert run["autograd_epoch_s"] == 1.5 and run["autograd_ratio_to_floor"] == pytest.approx(1.5)
+    mean, half, n = run["ratio_to_floor_interval"]
+    assert (mean, n) == (pytest.approx(1.2), 3) and half == pytest.approx(4.303 * 0.1 / 3**0.5, rel=1e-3)
+    assert run["fused_speedup_interval"][0] == pytest.approx((1.5 / 1.1 + 1.5 / 1.2 + 1.8 / 1.3) / 3)
+    result = _result(0.01, 1.2)
+    result["runs"]["fp32"] = {**result["runs"]["fp32"], **run, "floor_plus_adam_s": 1.1}
+    lines = format_table(result).splitlines()
+    assert "  fit, autograd step (step=autograd)    1.500   all: 1.500 1.500 1.800" in lines
+    assert any(line.startswith("  ratio to floor, fused step            1.200 +- 0.248") for line in lines)
+    assert any(line.startswith("  ratio to floor, autograd step         1.600 +- ") for line in lines)
+    assert not any("autograd" in line for line in format_table(_result(0.01, 1.2)).splitlines())  # not timed: no rows
