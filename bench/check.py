@@ -3,7 +3,8 @@
 Trains the `ci` study's VAE, autoencoder and PCA with the reference file's seeds, logs each to
 MLflow under one gate run, and compares the seeds' mean of each gated metric with the calibrated
 band. Exit 0: every metric inside its band; 1: one is outside (worse, or better than noise
-explains); 2: bad input. `--calibrate` measures the reference from many seeds instead.
+explains); 2: bad input; 3: the tracking store unreachable (infrastructure, not a regression).
+`--calibrate` measures the reference from many seeds instead.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 from bench.errors import BenchError, HelpFormatter, cli_main
+from bench.outage import DEFAULT_TIMEOUT_S as DEFAULT_OUTAGE_S
 from bench.thresholds import ALPHA, DEFAULT_THRESHOLDS, FLOOR, POWER, GateReference, Verdict, write_reference
 
 EXIT_PASS, EXIT_REGRESSION = 0, 1
@@ -27,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench.check",
         description="Regression gate: train the `ci` study's VAE, autoencoder and PCA with several seeds and "
         "compare each gated metric's mean with its calibrated band, both ways. "
-        "Exit 0: all inside; 1: a metric moved beyond the noise; 2: bad input.",
+        "Exit 0: all inside; 1: a metric moved beyond the noise; 2: bad input; 3: the tracking store is unreachable.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--study", default="ci", help="the gate's study (name in studies/ or a .toml path)")
@@ -40,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeds for --calibrate (default: 100 to 131)")
     p.add_argument("--gate-size", type=int, default=GATE_SIZE,
                    help="with --calibrate: how many of the calibration seeds the gate trains (those whose means sit closest to the calibration means)")
+    p.add_argument("--outage-timeout", type=float, default=DEFAULT_OUTAGE_S, metavar="SECONDS",
+                   help="how long to wait out an unreachable MLflow tracking store before ending with exit code 3")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -53,6 +57,8 @@ def validate(args: argparse.Namespace):
 
     spec = load_spec(args.study)
     ref = None if args.calibrate else load_reference(args.thresholds)
+    if not args.outage_timeout >= 0:
+        raise BenchError(f"--outage-timeout must be at least 0 seconds, got {args.outage_timeout}")
     if args.workers is not None and not 1 <= args.workers <= 64:
         raise BenchError(f"--workers must be between 1 and 64, got {args.workers}")
     if args.calibrate:
@@ -73,7 +79,8 @@ def validate(args: argparse.Namespace):
     return spec, ref, str(root), uri
 
 
-def measure_and_log(spec, seeds: list[int], root: str, uri: str, workers: int | None, progress: bool, tags: dict[str, str]):
+def measure_and_log(spec, seeds: list[int], root: str, uri: str, workers: int | None, progress: bool, tags: dict[str, str],
+                    outage_timeout_s: float = DEFAULT_OUTAGE_S):
     """Train every seed (in parallel processes), log one child run per (model, seed) under a gate run."""
     from tqdm.auto import tqdm
 
@@ -82,7 +89,7 @@ def measure_and_log(spec, seeds: list[int], root: str, uri: str, workers: int | 
     from bench.pool import pool_size
     from bench.tracking import Tracker
 
-    tracker = Tracker(uri, spec.name)
+    tracker = Tracker(uri, spec.name, outage_timeout_s)
     parent = tracker.create_parent_run(
         spec.name, {"seeds": ",".join(map(str, seeds)), "epochs": spec.train.epochs, "limit": spec.data.limit},
         {T.GATE: "true", **tags}, {f"study/{spec.name}.toml": spec.text or ""},
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.thresholds import judge
 
     t0 = time.monotonic()
-    results = measure_and_log(spec, list(ref.seeds), root, uri, args.workers, not args.no_progress, {})
+    results = measure_and_log(spec, list(ref.seeds), root, uri, args.workers, not args.no_progress, {}, args.outage_timeout)
     verdicts = judge(ref, [r.values for r in results])
     print("\n" + format_table(verdicts))
     print("\n" + power_summary(ref, len(ref.seeds)))
@@ -166,7 +173,7 @@ def calibrate(args: argparse.Namespace, spec, root: str, uri: str) -> int:
     """Train every calibration seed; write the references, the gate's seeds and the measured false-alarm rate."""
     t0 = time.monotonic()
     results = measure_and_log(spec, args.calibration_seeds, root, uri, args.workers, not args.no_progress,
-                              {"vaebench.calibration": "true"})
+                              {"vaebench.calibration": "true"}, args.outage_timeout)
     provenance = {
         "command": "python -m bench.check --calibrate --calibration-seeds "
         + " ".join(map(str, args.calibration_seeds)) + f" --gate-size {args.gate_size}",
