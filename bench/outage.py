@@ -33,21 +33,28 @@ T = TypeVar("T")
 
 def transient(exc: BaseException) -> bool:
     """Whether `exc` (or an exception in its chain) says the service is unreachable, not that the call is wrong."""
+    return _outage_cause(exc) is not None
+
+
+def _outage_cause(exc: BaseException) -> BaseException | None:
+    """The exception in `exc`'s chain that says the service is unreachable (Optuna's and MLflow's wrappers
+    say less: "An exception is raised during the commit"), or None."""
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, (ConnectionError, TimeoutError)) or getattr(e, "connection_invalidated", False):
-            return True
-        if any(s in str(e).lower() for s in TRANSIENT):
-            return True
+        if isinstance(e, (ConnectionError, TimeoutError)) or any(s in str(e).lower() for s in TRANSIENT):
+            return e
+        if getattr(e, "connection_invalidated", False):
+            return e.__cause__ or e.__context__ or e
         e = e.__cause__ or e.__context__
-    return False
+    return None
 
 
 def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return (text[:160] + "...") if len(text) > 160 else text or type(exc).__name__
+    cause = _outage_cause(exc) or exc
+    text = " ".join((str(cause).strip().splitlines() or [""])[0].split())
+    return (text[:160] + "...") if len(text) > 160 else text or type(cause).__name__
 
 
 class Outage:

@@ -271,7 +271,7 @@ def requeue_interrupted(study, tracker, stale, reason: str) -> None:
             store.set_trial_user_attr(t._trial_id, T.INFRA_FAILURE_ATTR, reason[:4000])
             store.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
             stale(study, store.get_trial(t._trial_id))  # queued again, its MLflow run closed as infrastructure
-    except InfrastructureError:
+    except (InfrastructureError, Exception):  # noqa: BLE001 - best effort: the error being raised says what happened
         pass
 
 

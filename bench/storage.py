@@ -231,7 +231,8 @@ def _patient(name: str) -> Callable:
 
 # each is one transaction of its own, so calling it again after a lost connection is safe
 for _name in (*optuna.storages.BaseStorage.__abstractmethods__, "get_best_trial", "get_trial_id_from_study_id_trial_number",
-              "get_trial_param", "get_trial_system_attrs", "get_trial_user_attrs", "_get_stale_trial_ids"):
+              "get_trial_param", "get_trial_system_attrs", "get_trial_user_attrs", "_get_stale_trial_ids",
+              "_get_trials"):  # Optuna's cache (_CachedStorage) reads trials through this one
     setattr(PatientRDBStorage, _name, _patient(_name))
 
 
