@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from tests.bench.helpers import TEST_STUDIES, cli_env
-from tests.bench.services import MlflowServer, TcpProxy, create_database, db_url, drop_database, postgres_available
+from tests.bench.services import (
+    MlflowServer,
+    TcpProxy,
+    create_database,
+    db_url,
+    drop_database,
+    postgres_available,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 STUDY = TEST_STUDIES / "outage.toml"
@@ -53,7 +60,7 @@ class Cli:
     lines: list[tuple[float, str]] = field(default_factory=list)
     proc: subprocess.Popen | None = None
 
-    def start(self) -> "Cli":
+    def start(self) -> Cli:
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.run", *self.args], cwd=self.cwd, env=cli_env(),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         threading.Thread(target=self._read, daemon=True).start()
@@ -160,16 +167,39 @@ def test_an_mlflow_server_stopped_mid_trial_for_longer_than_the_clients_retries_
         server.stop()
 
 
-def test_postgres_cut_off_mid_trial_is_waited_out_and_the_trial_not_taken_for_dead(tmp_path, new_db):
+@dataclass
+class ProxiedStudy:
+    """The outage study on a fresh PostgreSQL database reached through a TcpProxy, MLflow in a sqlite file."""
+
+    proxy: TcpProxy
+    direct: str  # the database's URL, bypassing the proxy: how the test reads it at any time
+    proxied: str  # the URL the CLI is given
+    tracking: str
+
+    def cut_mid_trial(self, tmp_path: Path, outage_timeout_s: int) -> tuple[Cli, float]:
+        """Start the CLI, cut the database off once a trial runs; the CLI and the time of the cut."""
+        cli = Cli(run_args(self.proxied, self.tracking, "--outage-timeout", str(outage_timeout_s)), tmp_path).start()
+        try:
+            wait_for_running_trial(self.direct, cli)
+        except BaseException:
+            cli.proc.kill()
+            raise
+        self.proxy.drop()
+        return cli, time.monotonic()
+
+
+@pytest.fixture
+def proxied(tmp_path, new_db):
     db = new_db()
     proxy = TcpProxy(("127.0.0.1", 5432)).start()
-    direct, proxied = db_url(db), db_url(db).replace(":5432", f":{proxy.port}")
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cli = Cli(run_args(proxied, tracking, "--outage-timeout", "600"), tmp_path).start()
+    yield ProxiedStudy(proxy, db_url(db), db_url(db).replace(":5432", f":{proxy.port}"), f"sqlite:///{tmp_path / 'mlflow.db'}")
+    proxy.stop()
+
+
+def test_postgres_cut_off_mid_trial_is_waited_out_and_the_trial_not_taken_for_dead(tmp_path, proxied):
+    proxy, direct, tracking = proxied.proxy, proxied.direct, proxied.tracking
+    cli, down = proxied.cut_mid_trial(tmp_path, 600)
     try:
-        wait_for_running_trial(direct, cli)
-        proxy.drop()
-        down = time.monotonic()
         time.sleep(DB_DOWN_S)
         proxy.restore()
         up = time.monotonic()
@@ -184,21 +214,14 @@ def test_postgres_cut_off_mid_trial_is_waited_out_and_the_trial_not_taken_for_de
     finally:
         if cli.proc.poll() is None:
             cli.proc.kill()
-        proxy.stop()
 
 
-def test_postgres_down_past_the_window_exits_3_and_the_rerun_requeues_the_trial_as_infrastructure(tmp_path, new_db):
+def test_postgres_down_past_the_window_exits_3_and_the_rerun_requeues_the_trial_as_infrastructure(tmp_path, proxied):
     from optuna.trial import TrialState
 
-    db = new_db()
-    proxy = TcpProxy(("127.0.0.1", 5432)).start()
-    direct, proxied = db_url(db), db_url(db).replace(":5432", f":{proxy.port}")
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cli = Cli(run_args(proxied, tracking, "--outage-timeout", "5"), tmp_path).start()
+    proxy, direct, tracking = proxied.proxy, proxied.direct, proxied.tracking
+    cli, down = proxied.cut_mid_trial(tmp_path, 5)
     try:
-        wait_for_running_trial(direct, cli)
-        proxy.drop()
-        down = time.monotonic()
         assert cli.wait(timeout=120) == 3, cli.err
         gave_up = time.monotonic() - down
         errors = [s for _, s in cli.lines if s.startswith("error: ")]
@@ -206,7 +229,7 @@ def test_postgres_down_past_the_window_exits_3_and_the_rerun_requeues_the_trial_
         assert "Traceback" not in cli.err
         proxy.restore()
         up = time.monotonic()
-        rerun = Cli(run_args(proxied, tracking), tmp_path).start()
+        rerun = Cli(run_args(proxied.proxied, tracking), tmp_path).start()
         assert rerun.wait() == 0, rerun.err
         recovered = time.monotonic() - up
         trials, runs = assert_complete_and_nothing_running(direct, tracking)
@@ -222,4 +245,3 @@ def test_postgres_down_past_the_window_exits_3_and_the_rerun_requeues_the_trial_
         for c in (cli, locals().get("rerun")):
             if c is not None and c.proc is not None and c.proc.poll() is None:
                 c.proc.kill()
-        proxy.stop()

@@ -8,7 +8,13 @@ from __future__ import annotations
 import pytest
 
 from bench.errors import BenchError
-from bench.fingerprint import CODE_FIELD, DIGEST_FIELD, code_major_version, fingerprint, first_difference
+from bench.fingerprint import (
+    CODE_FIELD,
+    DIGEST_FIELD,
+    code_major_version,
+    fingerprint,
+    first_difference,
+)
 from bench.spec import STUDIES_DIR, load_spec
 from bench.storage import StorageTarget, open_storage
 from bench.study import open_study
