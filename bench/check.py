@@ -3,7 +3,8 @@
 Trains the `ci` study's VAE, autoencoder and PCA with the reference file's seeds, logs each to
 MLflow under one gate run, and compares the seeds' mean of each gated metric with the calibrated
 band. Exit 0: every metric inside its band; 1: one is outside (worse, or better than noise
-explains); 2: bad input. `--calibrate` measures the reference from many seeds instead.
+explains); 2: bad input; 3: the tracking store unreachable (infrastructure, not a regression).
+`--calibrate` measures the reference from many seeds instead.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import time
 from pathlib import Path
 
 from bench.errors import BenchError, HelpFormatter, cli_main
+from bench.outage import DEFAULT_TIMEOUT_S as DEFAULT_OUTAGE_S
 from bench.thresholds import ALPHA, DEFAULT_THRESHOLDS, FLOOR, POWER, GateReference, Verdict, write_reference
 
 EXIT_PASS, EXIT_REGRESSION = 0, 1
 CALIBRATION_SEEDS = list(range(100, 132))
+GATE_WORKER = "worker"  # on a gate's parent run: host:pid of its process, so a later gate closes it if it was left RUNNING
 GATE_SIZE = 16  # seeds the gate trains: 1 nat detectable; about 75 s on 2 idle cores here (8 seeds: 36 s)
 
 
@@ -27,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench.check",
         description="Regression gate: train the `ci` study's VAE, autoencoder and PCA with several seeds and "
         "compare each gated metric's mean with its calibrated band, both ways. "
-        "Exit 0: all inside; 1: a metric moved beyond the noise; 2: bad input.",
+        "Exit 0: all inside; 1: a metric moved beyond the noise; 2: bad input; 3: the tracking store is unreachable.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--study", default="ci", help="the gate's study (name in studies/ or a .toml path)")
@@ -40,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeds for --calibrate (default: 100 to 131)")
     p.add_argument("--gate-size", type=int, default=GATE_SIZE,
                    help="with --calibrate: how many of the calibration seeds the gate trains (those whose means sit closest to the calibration means)")
+    p.add_argument("--outage-timeout", type=float, default=DEFAULT_OUTAGE_S, metavar="SECONDS",
+                   help="how long to wait out an unreachable MLflow tracking store before ending with exit code 3")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -53,6 +58,8 @@ def validate(args: argparse.Namespace):
 
     spec = load_spec(args.study)
     ref = None if args.calibrate else load_reference(args.thresholds)
+    if not args.outage_timeout >= 0:
+        raise BenchError(f"--outage-timeout must be at least 0 seconds, got {args.outage_timeout}")
     if args.workers is not None and not 1 <= args.workers <= 64:
         raise BenchError(f"--workers must be between 1 and 64, got {args.workers}")
     if args.calibrate:
@@ -73,7 +80,8 @@ def validate(args: argparse.Namespace):
     return spec, ref, str(root), uri
 
 
-def measure_and_log(spec, seeds: list[int], root: str, uri: str, workers: int | None, progress: bool, tags: dict[str, str]):
+def measure_and_log(spec, seeds: list[int], root: str, uri: str, workers: int | None, progress: bool, tags: dict[str, str],
+                    outage_timeout_s: float = DEFAULT_OUTAGE_S):
     """Train every seed (in parallel processes), log one child run per (model, seed) under a gate run."""
     from tqdm.auto import tqdm
 
@@ -81,11 +89,13 @@ def measure_and_log(spec, seeds: list[int], root: str, uri: str, workers: int | 
     from bench import tags as T
     from bench.pool import pool_size
     from bench.tracking import Tracker
+    from bench.workers import worker_id
 
-    tracker = Tracker(uri, spec.name)
+    tracker = Tracker(uri, spec.name, outage_timeout_s)
+    close_abandoned_gates(tracker)
     parent = tracker.create_parent_run(
         spec.name, {"seeds": ",".join(map(str, seeds)), "epochs": spec.train.epochs, "limit": spec.data.limit},
-        {T.GATE: "true", **tags}, {f"study/{spec.name}.toml": spec.text or ""},
+        {T.GATE: "true", GATE_WORKER: worker_id(), **tags}, {f"study/{spec.name}.toml": spec.text or ""},
     )
     bar = tqdm(total=len(seeds), desc="gate seeds", unit="seed", disable=not progress)
 
@@ -107,6 +117,19 @@ def measure_and_log(spec, seeds: list[int], root: str, uri: str, workers: int | 
         bar.close()
     tracker.set_status(parent, "FINISHED")
     return results
+
+
+def close_abandoned_gates(tracker) -> None:
+    """Close the gate runs a gate on this host left RUNNING when it died or ended with exit 3 (the tracking
+    store was down, so it could not close them): FAILED, tagged as an infrastructure failure."""
+    from bench import tags as T
+    from bench.workers import dead_local_worker
+
+    for parent in tracker.find_runs(tags={T.GATE: "true"}, status="RUNNING"):
+        if dead_local_worker(parent.data.tags.get(GATE_WORKER, "")):
+            for child in tracker.find_runs(parent=parent.info.run_id, status="RUNNING"):
+                tracker.close_if_running(child.info.run_id, "FAILED", "its gate ended before the run was closed")
+            tracker.close_if_running(parent.info.run_id, "FAILED", "the gate ended before the run was closed")
 
 
 def format_table(verdicts: list[Verdict]) -> str:
@@ -141,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.thresholds import judge
 
     t0 = time.monotonic()
-    results = measure_and_log(spec, list(ref.seeds), root, uri, args.workers, not args.no_progress, {})
+    results = measure_and_log(spec, list(ref.seeds), root, uri, args.workers, not args.no_progress, {}, args.outage_timeout)
     verdicts = judge(ref, [r.values for r in results])
     print("\n" + format_table(verdicts))
     print("\n" + power_summary(ref, len(ref.seeds)))
@@ -166,7 +189,7 @@ def calibrate(args: argparse.Namespace, spec, root: str, uri: str) -> int:
     """Train every calibration seed; write the references, the gate's seeds and the measured false-alarm rate."""
     t0 = time.monotonic()
     results = measure_and_log(spec, args.calibration_seeds, root, uri, args.workers, not args.no_progress,
-                              {"vaebench.calibration": "true"})
+                              {"vaebench.calibration": "true"}, args.outage_timeout)
     provenance = {
         "command": "python -m bench.check --calibrate --calibration-seeds "
         + " ".join(map(str, args.calibration_seeds)) + f" --gate-size {args.gate_size}",

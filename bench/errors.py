@@ -1,6 +1,7 @@
 """What every bench CLI shares: the one exception type for input a person must fix, how it is printed, and --help.
 
-Anything raising BenchError is reported as one line on stderr with exit code 2.
+Anything raising BenchError is reported as one line on stderr with exit code 2, InfrastructureError
+(a service down for longer than --outage-timeout) with exit code 3.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import sys
 from typing import Callable, NoReturn
 
 EXIT_BAD_INPUT = 2
+EXIT_INFRASTRUCTURE = 3  # a storage or tracking service unreachable: nothing to fix in the input, rerun later
 EXIT_INTERRUPTED = 130
 
 
@@ -25,20 +27,31 @@ class BenchError(Exception):
     """Bad input or an unreachable service: the message says what is wrong and what to do."""
 
 
-def fail(message: str) -> NoReturn:
-    """Print `error: message` as one line on stderr and exit with code 2."""
+class InfrastructureError(BaseException):
+    """A service (Optuna storage, MLflow tracking) unreachable, at the start or for longer than the outage window.
+
+    A BaseException, as KeyboardInterrupt is: the process is ending, and no `except Exception` on the way
+    (Optuna's own, which would record the trial as the model's failure) may take it for the trial's error.
+    """
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    """Print `error: message` as one line on stderr and exit with `code` (2: bad input)."""
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    raise SystemExit(EXIT_BAD_INPUT)
+    raise SystemExit(code)
 
 
 def cli_main(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
-    """Wrap a CLI main: a BenchError becomes one line and exit code 2, an interrupt exit 130, no traceback."""
+    """Wrap a CLI main: a BenchError becomes one line and exit code 2, an InfrastructureError one line
+    and exit code 3, an interrupt exit 130, no traceback."""
 
     def wrapped(argv: list[str] | None = None) -> int:
         try:
             return main(argv)
         except BenchError as exc:
             fail(str(exc))
+        except InfrastructureError as exc:
+            fail(str(exc), EXIT_INFRASTRUCTURE)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM before a study loop could handle it
             print("interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED

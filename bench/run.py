@@ -16,7 +16,8 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bench.errors import BenchError, HelpFormatter, cli_main
+from bench.errors import BenchError, HelpFormatter, InfrastructureError, cli_main
+from bench.outage import DEFAULT_TIMEOUT_S as DEFAULT_OUTAGE_S
 
 if TYPE_CHECKING:  # at run time these are imported where used, so --help stays fast (no torch)
     import torch
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: CPU cores / workers)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--epoch-progress", action="store_true", help="also show a progress bar per epoch")
+    p.add_argument("--outage-timeout", type=float, default=DEFAULT_OUTAGE_S, metavar="SECONDS",
+                   help="how long to wait out an unreachable Optuna storage or MLflow tracking store mid-study "
+                   "before ending with exit code 3")
     p.add_argument("--no-baselines", action="store_true", help="skip everything after the search: baselines, seed replicates, the paper-protocol NLL and the report")
     p.add_argument("--report-dir", default=None, help="where the comparison report is written (default: reports/<study>)")
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
@@ -123,6 +127,8 @@ def validate(args: argparse.Namespace) -> Validated:
     ).for_search(args.search_index)
     if args.workers != "auto" and (args.workers < 1 or args.workers > 64):
         raise BenchError(f"--workers must be between 1 and 64, got {args.workers} (or auto)")
+    if not args.outage_timeout >= 0:
+        raise BenchError(f"--outage-timeout must be at least 0 seconds, got {args.outage_timeout}")
     if args.threads is not None and args.threads < 1:
         raise BenchError(f"--threads must be at least 1, got {args.threads}")
     try:
@@ -166,7 +172,9 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated) -> Outcome:
     import torch
 
     from bench.context import StudyContext
+    from bench import tags as T
     from bench.finalize import finalize
+    from bench.fingerprint import fingerprint
     from bench.objective import TrialRunner
     from bench.storage import StaleTrialHandler, open_storage
     from bench.study import FINISHED_STATES, count, ensure_parent_run, open_study, recover_dead_local_trials, run_worker
@@ -185,15 +193,19 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated) -> Outcome:
     # resident on the training device for the whole study: no trial copies the data again
     data = load_data(spec.data, v.data_root).to(v.device)
     stale = StaleTrialHandler(requeue=spec.strata_param is None)
-    storage = open_storage(v.storage, stale)
-    study, created = open_study(spec, storage, seed_offset=args.worker_index)
-    tracker = Tracker(v.tracking_uri, spec.experiment_name)
+    storage = open_storage(v.storage, stale, args.outage_timeout)
+    fields = fingerprint(spec, data.digest)  # a resumed study must have been run with the same
+    study, created = open_study(spec, storage, args.worker_index, fields, v.storage.display)
+    tracker = Tracker(v.tracking_uri, spec.experiment_name, args.outage_timeout)
     parent = ensure_parent_run(study, created, spec, tracker)
+    budget = {T.N_TRIALS: spec.n_trials, **({T.TRIALS_PER_STRATUM: spec.trials_per_stratum} if spec.trials_per_stratum else {})}
+    tracker.set_tags(parent, budget)  # the one setting a resume may raise: a tag, params are write-once
     ctx = StudyContext(study, spec, tracker, parent, data, v.device, v.data_root, progress)
     recovered = recover_dead_local_trials(study, tracker, stale)
     if recovered:
         again = "their strata go on with the same proposals" if spec.strata_param else "queued them again"
         print(f"marked trials {recovered} as failed ({again}): their worker process is gone", file=sys.stderr)
+    close_orphan_runs(study, tracker, parent)
     tracker.set_status(parent, "RUNNING")
     children = []
     if v.workers > 1:
@@ -217,6 +229,13 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated) -> Outcome:
         print(f"\ninterrupted; {count(study, FINISHED_STATES)} finished trials are kept. "
               "Re-run the same command to resume.", file=sys.stderr)
         return Outcome(130, ctx, 0, time.monotonic() - t0)
+    except InfrastructureError as exc:
+        for c in children:  # each waits out the same outage in vain: end them with this one
+            c.send_signal(signal.SIGTERM)
+        for c in children:
+            c.wait()
+        requeue_interrupted(study, tracker, stale, str(exc))
+        raise
 
     trials_s = time.monotonic() - t0
     t1 = time.monotonic()
@@ -232,6 +251,38 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated) -> Outcome:
         if count(study, running) == 0:
             tracker.set_status(parent, "FINISHED")
     return Outcome(0, ctx, result.ran, trials_s, time.monotonic() - t1)
+
+
+def close_orphan_runs(study, tracker, parent: str) -> None:
+    """Close the trial runs still RUNNING whose trial has ended: the tracking store was down when it ended
+    (an outage past --outage-timeout), so the run could not be closed then. One query."""
+    from bench import tags as T
+
+    state = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    for run in tracker.find_runs(parent=parent, tags={T.ROLE: "trial"}, status="RUNNING"):
+        number = int(run.data.tags.get(T.TRIAL_NUMBER, -1))
+        if number in state and state[number].is_finished():
+            tracker.close_if_running(run.info.run_id, "FAILED", "the tracking store was unreachable when the trial ended")
+
+
+def requeue_interrupted(study, tracker, stale, reason: str) -> None:
+    """Fail this process's RUNNING trials as infrastructure failures and queue them again, as far as the
+    services still answer (each is tried once): what they refuse, the rerun's recovery does (heartbeat
+    or dead-worker check), with the same marks."""
+    import optuna
+
+    from bench import tags as T
+    from bench.workers import worker_id
+
+    me, store = worker_id(), study._storage
+    try:
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        for t in (t for t in running if t.user_attrs.get(T.WORKER_ATTR) == me):
+            store.set_trial_user_attr(t._trial_id, T.INFRA_FAILURE_ATTR, reason[:4000])
+            store.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+            stale(study, store.get_trial(t._trial_id))  # queued again, its MLflow run closed as infrastructure
+    except (InfrastructureError, Exception):  # noqa: BLE001 - best effort: the error being raised says what happened
+        pass
 
 
 def print_summary(out: Outcome, uri: str) -> None:

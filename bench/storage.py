@@ -7,6 +7,8 @@ safely; a database URL gives an RDB storage with heartbeats, so a killed worker'
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import random
 import re
 import time
@@ -19,14 +21,17 @@ from typing import Callable
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-from bench.errors import BenchError
+from bench.errors import BenchError, InfrastructureError
+from bench.outage import DEFAULT_TIMEOUT_S as DEFAULT_OUTAGE_S
+from bench.outage import Outage, transient
 from bench.spec import StudySpec
 
 DEFAULT_JOURNAL = "optuna.journal"
 HEARTBEAT_INTERVAL_S = 5  # a live worker refreshes its trial's heartbeat this often
 GRACE_PERIOD_S = 20  # a trial whose heartbeat is older than this is stale: its worker died
 MAX_RETRY = 2  # a stale trial is re-queued at most this many times
-DEAD_WORKER_ATTRS = ("worker", "mlflow_run_id", "fail_reason")  # trial user attrs a retry does not inherit
+DEAD_WORKER_ATTRS = ("worker", "mlflow_run_id", "fail_reason", "infra_failure")  # trial user attrs a retry does not inherit
+CONNECT_TIMEOUT_S = 10  # a PostgreSQL connection attempt gives up after this long (libpq connect_timeout)
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 
 
@@ -68,14 +73,64 @@ def parse_storage(value: str | None) -> StorageTarget:
         except (ArgumentError, ValueError) as exc:
             raise BenchError(f"--storage: cannot parse the database URL {value!r} ({exc})") from None
         return StorageTarget("rdb", value)
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]+):", value)  # two letters at least: C:\\ is a Windows path
+    if scheme:
+        name = scheme.group(1).split("+", 1)[0].lower()
+        hint = f"; did you mean {scheme.group(1)}:///{value[scheme.end():].lstrip('/')}?" if name in RDB_SCHEMES else ""
+        raise BenchError(f"--storage {value!r} is neither a database URL (scheme://...) nor a journal file path{hint}")
     folder = Path(value).parent
     if not folder.is_dir():
         raise BenchError(f"--storage {value!r}: the folder {folder} does not exist")
+    check_journal(Path(value))
     return StorageTarget("journal", value)
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+JOURNAL_SETTLE_S = 1.0  # a last line without its newline may be another worker's write in flight
+
+
+def check_journal(path: Path) -> None:
+    """An existing --storage file must be a whole Optuna journal: one JSON object per line, the last one ended.
+
+    Reads the file (a journal is small: one line per trial event); a BenchError names what it is instead.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    if path.is_dir():
+        raise BenchError(f"--storage {path} is a folder; name a journal file in it (e.g. {path / DEFAULT_JOURNAL})")
+    with open(path, "rb") as f:
+        head = f.read(len(SQLITE_MAGIC))
+    if head == SQLITE_MAGIC:
+        raise BenchError(f"--storage {path} is an SQLite database, not an Optuna journal file; "
+                         f"to use it as the Optuna storage pass sqlite:///{path}")
+    for attempt in range(2):
+        data = path.read_bytes()
+        bad = _journal_damage(data)
+        if bad is None:
+            return
+        if attempt == 0 and bad[1] == "its last line is cut short":
+            time.sleep(JOURNAL_SETTLE_S)  # a writer's append may be in flight: look again
+    line, what = bad
+    raise BenchError(f"--storage {path} is not a whole Optuna journal ({what}, line {line}): it was truncated or "
+                     "is another kind of file; restore it from a copy, or use another --storage")
+
+
+def _journal_damage(data: bytes) -> tuple[int, str] | None:
+    """(line number, what is wrong) of the first bad line of a journal's bytes, or None."""
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines[:-1], start=1):
+        try:
+            if not isinstance(json.loads(line), dict):
+                return number, "a line is not a JSON object"
+        except ValueError:
+            return number, "a line is not JSON"
+    if lines[-1]:
+        return len(lines), "its last line is cut short"
+    return None
+
+
 def check_reachable(target: StorageTarget, timeout_s: int = 5) -> None:
-    """Connect to a database storage once (writing nothing); BenchError when it cannot be reached."""
+    """Connect to a database storage once (writing nothing): InfrastructureError when it is down, BenchError when it refuses."""
     if target.kind != "rdb" or target.location.startswith("sqlite"):
         if target.location.startswith("sqlite:///"):
             folder = Path(target.location[len("sqlite:///") :]).parent
@@ -93,7 +148,8 @@ def check_reachable(target: StorageTarget, timeout_s: int = 5) -> None:
         raise BenchError(f"--storage {target.display}: the database driver is not installed ({exc.name})") from None
     except Exception as exc:
         first = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BenchError(f"cannot reach the Optuna storage {target.display} ({first}); start the database or fix --storage") from None
+        error = InfrastructureError if transient(exc) else BenchError  # down (exit 3), or refused us (exit 2)
+        raise error(f"cannot reach the Optuna storage {target.display} ({first}); start the database or fix --storage") from None
 
 
 def database_url(server: str, name: str) -> str:
@@ -143,9 +199,9 @@ class StaleTrialHandler:
         self.on_stale: Callable[[optuna.trial.FrozenTrial], None] | None = None
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if self.on_stale is not None:
-            self.on_stale(trial)
         if not self.requeue:
+            if self.on_stale is not None:
+                self.on_stale(trial)
             return
         # The retry copies the user attrs; it must not carry the dead worker's id (until its new
         # worker writes its own, recovery of dead local trials would fail it too) nor its closed run.
@@ -154,24 +210,66 @@ class StaleTrialHandler:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self.retry(study, retry)
+        # after the retry is queued: with the tracking store down this raises, and a rerun closes the run
+        if self.on_stale is not None:
+            self.on_stale(trial)
 
 
-def open_storage(target: StorageTarget, stale_handler: StaleTrialHandler | None = None) -> optuna.storages.BaseStorage:
-    """The Optuna storage object (this creates the journal file or the tables)."""
+class PatientRDBStorage(optuna.storages.RDBStorage):
+    """An RDBStorage whose every read and write waits out a database outage (bench.outage), and whose
+    heartbeat skips the beats that fail: a failover does not fail the trial or kill the heartbeat thread."""
+
+    outage: Outage
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.outage.beat(super().record_heartbeat, trial_id)
+
+
+def _patient(name: str) -> Callable:
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    @functools.wraps(method)
+    def call(self: PatientRDBStorage, *args, **kwargs):
+        return self.outage.call(method, self, *args, **kwargs)
+
+    return call
+
+
+# each is one transaction of its own, so calling it again after a lost connection is safe
+for _name in (*optuna.storages.BaseStorage.__abstractmethods__, "get_best_trial", "get_trial_id_from_study_id_trial_number",
+              "get_trial_param", "get_trial_system_attrs", "get_trial_user_attrs", "_get_stale_trial_ids",
+              "_get_trials"):  # Optuna's cache (_CachedStorage) reads trials through this one
+    setattr(PatientRDBStorage, _name, _patient(_name))
+
+
+def open_storage(
+    target: StorageTarget, stale_handler: StaleTrialHandler | None = None, outage_timeout_s: float = DEFAULT_OUTAGE_S
+) -> optuna.storages.BaseStorage:
+    """The Optuna storage object (this creates the journal file or the tables).
+
+    A database storage waits out outages of up to `outage_timeout_s` (then InfrastructureError).
+    """
     if target.kind == "journal":
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(target.location))
+    # pre-ping: a connection the server dropped (a restart, a failover) is replaced, not used and failed;
+    # connect_timeout: a connection attempt to an unreachable server ends, and the outage's retry decides
+    engine = {"pool_pre_ping": True}
+    if target.location.startswith("postgres"):
+        engine["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     last: Exception | None = None
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(
+            storage = PatientRDBStorage(
                 target.location,
-                engine_kwargs={"pool_pre_ping": True},
+                engine_kwargs=engine,
                 heartbeat_interval=HEARTBEAT_INTERVAL_S,
                 grace_period=GRACE_PERIOD_S,
                 heartbeat_stale_trial_callback=stale_handler,
             )
+            storage.outage = Outage(f"the Optuna storage {target.display}", outage_timeout_s)
+            return storage
         except Exception as exc:  # workers creating the tables at once collide (UniqueViolation): retry
             last = exc
             time.sleep(0.5 * (attempt + 1) + random.random())

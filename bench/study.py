@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from bench import tags as T
 from bench.describe import experiment_note, parent_note
 from bench.errors import BenchError
+from bench.fingerprint import stamp_or_check
 from bench.objective import SurplusTrial, TrialRunner
 from bench.spec import StudySpec
 from bench.storage import StaleTrialHandler, optuna_pruner, optuna_sampler
@@ -35,10 +36,11 @@ POLL_S = 2.0
 SETTLE_S = 2.0  # how long joiners that make a parent run together wait to see each other's
 
 
-def open_study(spec: StudySpec, storage, seed_offset: int = 0) -> tuple[optuna.Study, bool]:
+def open_study(spec: StudySpec, storage, seed_offset: int = 0, fingerprint: dict | None = None, where: str = "the storage") -> tuple[optuna.Study, bool]:
     """Create the study, or load it if it exists; also says whether this process created it.
 
     Creation is atomic in the storage, so exactly one of many simultaneous workers gets True.
+    A `fingerprint` (bench.fingerprint) is stored on a new study and must match a resumed one's.
     """
     stratified = spec.strata_param is not None
     # a stratified study's proposals come from bench.strata, the same on every worker
@@ -48,6 +50,8 @@ def open_study(spec: StudySpec, storage, seed_offset: int = 0) -> tuple[optuna.S
         study = optuna.create_study(
             storage=storage, study_name=spec.name, directions=list(spec.directions), sampler=sampler, pruner=pruner
         )
+        if fingerprint is not None:
+            stamp_or_check(study, fingerprint, True, where)
         enqueue_coverage(study, spec)
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
@@ -62,6 +66,8 @@ def open_study(spec: StudySpec, storage, seed_offset: int = 0) -> tuple[optuna.S
                 f"the stored study {spec.name!r} was created with direction {', '.join(stored)}, "
                 f"the study file says {', '.join(spec.directions)}; use another --storage or study name"
             ) from None
+        if fingerprint is not None:
+            stamp_or_check(study, fingerprint, False, where)
         return study, False
 
 
@@ -77,7 +83,6 @@ def enqueue_coverage(study: optuna.Study, spec: StudySpec) -> None:
 
 def study_params(spec: StudySpec) -> dict[str, object]:
     return {
-        "n_trials": spec.n_trials,
         "metric": ",".join(spec.objectives),
         "direction": ",".join(spec.directions),
         "sampler": spec.sampler.type,
@@ -86,7 +91,6 @@ def study_params(spec: StudySpec) -> dict[str, object]:
         "searched": ",".join(spec.searched) or "(none)",
         "covered": ",".join(p.name for p in spec.search if p.cover) or "(none)",
         "strata": spec.strata_param.name if spec.strata_param else "(none)",
-        "trials_per_stratum": spec.trials_per_stratum or "(none)",
         "epochs": spec.train.epochs,
         "dataset": spec.data.dataset,
         "binarize": spec.data.binarize,

@@ -17,10 +17,14 @@ STRATUM = "stratum"  # on a trial of a stratified search: "<param>=<choice>", th
 STRATUM_INDEX = "stratum_trial"  # on a trial of a stratified search: its index in its stratum (0, 1, ...)
 OPTUNA_STATE = "optuna_state"  # the trial's Optuna state: COMPLETE or PRUNED (a pruned run closes KILLED)
 FAIL_REASON = "fail_reason"  # why a run closed FAILED or KILLED, one line
+FAILURE = "vaebench.failure"  # "infrastructure" on a run closed because a service or its worker was lost, not the model
+INFRASTRUCTURE = "infrastructure"
 COMPARED = "compared"  # "true" on the runs in the comparison: the best VAE per latent size and its baselines
 VAE_RUN_ID = "vae_run_id"  # on a baseline: the run of the VAE it is compared with
 MODEL_URI = "model_uri"  # the run's logged model (models:/m-...), loadable with mlflow.<flavor>.load_model
 REGISTERED_AS = "registered_as"  # on a registered VAE: models:/<name>@<alias>
+N_TRIALS = "n_trials"  # on the parent: the study's trials in total as of its latest run (a resume may raise it)
+TRIALS_PER_STRATUM = "trials_per_stratum"  # on the parent of a stratified study: each stratum's trials, as n_trials
 BEST_TRIAL = "best_trial"  # on the parent: the best trial's number
 BEST_RUN_ID = "best_run_id"  # on the parent: the best trial's run id
 BEST_PARAM = "best.{name}"  # on the parent: the best trial's value of each searched parameter
@@ -49,6 +53,7 @@ PRUNED_SUFFIX = " (pruned)"  # appended to a pruned trial's run name, so the run
 RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run
 WORKER_ATTR = "worker"  # host:pid of the process that ran the trial
 FAIL_REASON_ATTR = "fail_reason"  # why the trial failed or went non-finite
+INFRA_FAILURE_ATTR = "infra_failure"  # on a trial failed because a service was lost mid-trial (the reason); it is queued again
 TEST_METRICS_ATTR = "test_metrics"  # the trial's test/* metrics, {key: value}
 COVERAGE_ATTR = "coverage"  # True on the queued trials that cover a parameter's choices: never pruned
 STRATUM_ATTR = "stratum"  # the strata parameter's value of a trial in a stratified search (bench.strata)
@@ -57,6 +62,7 @@ SURPLUS_ATTR = "surplus"  # True on a trial beyond n_trials that a worker did no
 # study user attributes
 PARENT_ATTR = "mlflow_parent_run_id"  # the study's MLflow parent run
 UID_ATTR = "study_uid"  # the study's uid, mirrored in the parent's STUDY_UID tag
+FINGERPRINT_ATTR = "fingerprint"  # {field: value} of every setting that changes results (bench.fingerprint)
 
 # ----------------------------------------------------------------- images
 # keys of mlflow.log_image(key=..., step=epoch), the same for VAE, AE and PCA, so the chart

@@ -6,6 +6,7 @@ opened with `child_run(...)`, a `with` block that always closes the run with a f
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -22,7 +23,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from bench import tags as T
-from bench.errors import BenchError
+from bench.errors import BenchError, InfrastructureError
+from bench.outage import DEFAULT_TIMEOUT_S, Outage, transient
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,14 @@ STUDY_TAG = "study"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 VAE_PACKAGE_DIR = PROJECT_DIR / "vae"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
+# MLflow's client retries a failed HTTP request 7 times over ~4 minutes, silently, then raises; fewer
+# and shorter here (about 7 s), so that an outage is said at once and waited out by Outage up to
+# --outage-timeout. Environment variables already set win.
+MLFLOW_HTTP_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # waits of 1, 2, 4 s
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",  # seconds for one request to answer
+}
 
 
 def _mlflow():
@@ -61,7 +71,9 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
                     raise BenchError(f"MLflow tracking server {uri} answered {resp.status} on /health")
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise BenchError(
+            # down or restarting (exit 3: run again later), or not an MLflow server at all (exit 2: fix the URI)
+            error = InfrastructureError if transient(exc) or isinstance(reason, OSError) else BenchError
+            raise error(
                 f"cannot reach the MLflow tracking server {uri} ({reason}); start it or pass another --tracking-uri"
             ) from None
         return
@@ -148,14 +160,18 @@ class DatasetInfo:
 class Tracker:
     """One MLflow experiment per study: the parent run, child runs and what is logged to them."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str, outage_timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         mlflow = _mlflow()
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         # log_model's pickle warning is understood: see ChildRun.log_model for why pickle
         logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we print one summary
+        for key, value in MLFLOW_HTTP_RETRIES.items():
+            os.environ.setdefault(key, value)
         self.uri = uri
+        # every call of the client, and the few fluent calls below, waits out an outage of the store
+        self.outage = Outage(f"the MLflow tracking store {uri}", outage_timeout_s)
         mlflow.set_tracking_uri(uri)
         self._open(experiment)  # sets self.client and self.experiment_id
 
@@ -171,7 +187,7 @@ class Tracker:
         for attempt in range(8):
             try:
                 with _store_lock(self.uri):  # a new sqlite store is created and migrated here
-                    self.client = mlflow.MlflowClient(self.uri)
+                    self.client = _Patient(mlflow.MlflowClient(self.uri), self.outage)
                 exp = self.client.get_experiment_by_name(name)
                 if exp is None:
                     location = self._artifact_location(name)
@@ -301,14 +317,15 @@ class Tracker:
         return self.client.get_run(run_id).info.status
 
     def close_if_running(self, run_id: str, status: str, reason: str) -> bool:
-        """Close a run left RUNNING by a dead worker; returns whether it was open."""
+        """Close a run left RUNNING by a dead worker or a lost service (tagged as such); returns whether it was open."""
         try:
             run = self.client.get_run(run_id)
         except Exception:
             return False
         if run.info.status in TERMINAL:
             return False
-        self.client.set_tag(run_id, T.FAIL_REASON, reason)
+        # only lost workers and services close runs this way: never the model's failure
+        self.set_tags(run_id, {T.FAIL_REASON: reason, T.FAILURE: T.INFRASTRUCTURE})
         self.client.set_terminated(run_id, status)
         return True
 
@@ -397,7 +414,8 @@ class Tracker:
         an interrupt (KeyboardInterrupt) closes it KILLED, any other exception FAILED, with its reason.
         """
         mlflow = _mlflow()
-        active = mlflow.start_run(
+        active = self.outage.call(
+            mlflow.start_run,
             experiment_id=self.experiment_id,
             run_name=name,
             parent_run_id=parent_id,
@@ -413,10 +431,11 @@ class Tracker:
             # SIGINT, and SIGTERM turned into KeyboardInterrupt by bench.run: the run was stopped, not broken
             stopped = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
             status, reason = child.outcome or (stopped, f"{type(exc).__name__}: {exc}")
-            _safe(lambda: self.set_tags(child.run_id, {T.FAIL_REASON: reason[:4000]}))
+            infra = {T.FAILURE: T.INFRASTRUCTURE} if isinstance(exc, InfrastructureError) else {}
+            _safe(lambda: self.set_tags(child.run_id, {T.FAIL_REASON: reason[:4000], **infra}))
             raise
         finally:
-            _safe(lambda: mlflow.end_run(status))
+            _safe(lambda: self.outage.call(mlflow.end_run, status))
 
 
 @dataclass
@@ -464,7 +483,8 @@ class ChildRun:
         import torch
 
         mlflow = _mlflow()
-        info = mlflow.pytorch.log_model(
+        info = self.tracker.outage.call(
+            mlflow.pytorch.log_model,
             model.cpu().eval(),
             name=name,
             serialization_format="pickle",
@@ -475,6 +495,17 @@ class ChildRun:
             self.tracker.log_file(self.run_id, checkpoint, "checkpoint")
         self.set_tags({T.MODEL_URI: info.model_uri})
         return info.model_uri
+
+
+class _Patient:
+    """The MLflow client with every method called through an Outage: it waits out the store's outages."""
+
+    def __init__(self, client, outage: Outage) -> None:
+        self._client, self._outage = client, outage
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        return functools.partial(self._outage.call, attr) if callable(attr) else attr
 
 
 def _retry_on_race(fn, attempts: int = 5):
@@ -522,5 +553,5 @@ def _safe(fn) -> None:
     """Run a best-effort cleanup step; a tracking hiccup must not hide the real error."""
     try:
         fn()
-    except Exception as exc:  # noqa: BLE001 - cleanup only
+    except (Exception, InfrastructureError) as exc:  # noqa: BLE001 - cleanup only: the error being raised says more
         log.warning("MLflow cleanup step failed: %s", exc)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import socket
@@ -120,15 +121,40 @@ def resolve_root(root: str | os.PathLike | None) -> tuple[Path, bool]:
     return DEFAULT_ROOT, False
 
 
+RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_UBYTE = 0x08  # the IDX header's type code of unsigned bytes, the only one these files use
+
+
 def _raw_files_present(root: Path, dataset: str) -> bool:
     # the uncompressed files: torchvision with download=False reads only these, never the .gz
     raw = root / DATASET_FOLDERS[dataset] / "raw"
-    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    return all((raw / n).exists() for n in names)
+    return all((raw / n).exists() for n in RAW_FILES)
+
+
+def check_idx_file(path: Path) -> None:
+    """Raise DataError unless `path` is a whole IDX file of bytes: its size is what its header's dims say.
+
+    Reads 16 bytes (magic 0x0000080N, then N big-endian uint32 dims), so a truncated or foreign
+    file is caught before torchvision reads it all (and fails with a traceback).
+    """
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if len(head) < 4 or head[:2] != b"\0\0" or head[2] != IDX_UBYTE or not 1 <= head[3] <= 4:
+            raise DataError(f"{path} is not an IDX file of bytes (its header is {head.hex() or 'empty'})")
+        dims_raw = f.read(4 * head[3])
+    if len(dims_raw) < 4 * head[3]:
+        raise DataError(f"{path} is truncated: it ends inside its header; replace it with a whole copy")
+    dims = [int.from_bytes(dims_raw[i : i + 4], "big") for i in range(0, len(dims_raw), 4)]
+    expected = 4 + 4 * len(dims) + math.prod(dims)
+    size = path.stat().st_size
+    if size != expected:
+        what = "truncated" if size < expected else "longer than its header says"
+        raise DataError(f"{path} is {what}: {size} bytes, its header ({' x '.join(map(str, dims))}) says {expected}; "
+                        "replace it with a whole copy")
 
 
 def check_data(dataset: str, root: str | os.PathLike | None = None, download: bool | None = None) -> Path:
-    """Make sure `dataset` is readable under the data folder, downloading it if allowed.
+    """Make sure `dataset` is whole under the data folder (each file's size against its header), downloading it if allowed.
 
     By default a download is tried only into the implicit ./data folder; a folder
     named by argument or $VAE_DATA_DIR must already hold the files. Raises DataError.
@@ -137,6 +163,8 @@ def check_data(dataset: str, root: str | os.PathLike | None = None, download: bo
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(sorted(DATASET_FOLDERS))}")
     path, explicit = resolve_root(root)
     if _raw_files_present(path, dataset):
+        for name in RAW_FILES:
+            check_idx_file(path / DATASET_FOLDERS[dataset] / "raw" / name)
         return path
     if download is None:
         download = not explicit

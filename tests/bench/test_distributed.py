@@ -590,29 +590,29 @@ def closed_port_url(scheme: str) -> str:
     return f"{scheme}://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
 
 
-def assert_one_line_error(w: Worker, needle: str) -> None:
-    assert w.wait(timeout=120) == 2
+def assert_one_line_error(w: Worker, needle: str, code: int = 2) -> None:
+    assert w.wait(timeout=120) == code
     err = w.err.read_text().strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and needle in err, err
     assert w.out.read_text() == ""
 
 
 @needs_postgres
-def test_an_unreachable_database_is_one_line_and_exit_2(tmp_path, data_root, mlflow_server, workers):
+def test_an_unreachable_database_is_one_line_and_exit_3(tmp_path, data_root, mlflow_server, workers):
     study = study_file(tmp_path)
     storage = closed_port_url("postgresql").replace("://", "://postgres@") + "/optuna"
     w = workers(tmp_path, run_args(study, storage, mlflow_server.url, 2), data_root)
-    assert_one_line_error(w, "cannot reach the Optuna storage")
+    assert_one_line_error(w, "cannot reach the Optuna storage", 3)  # infrastructure, not bad input
     import mlflow
 
     assert mlflow.MlflowClient(mlflow_server.url).get_experiment_by_name(study_name(study)) is None
 
 
 @needs_postgres
-def test_an_unreachable_tracking_server_is_one_line_and_exit_2(tmp_path, data_root, new_db, workers):
+def test_an_unreachable_tracking_server_is_one_line_and_exit_3(tmp_path, data_root, new_db, workers):
     study, storage = study_file(tmp_path), new_db()
     w = workers(tmp_path, run_args(study, storage, closed_port_url("http"), 2), data_root)
-    assert_one_line_error(w, "cannot reach the MLflow tracking server")
+    assert_one_line_error(w, "cannot reach the MLflow tracking server", 3)
     import psycopg
 
     with psycopg.connect(storage) as conn:  # nothing was written: not even Optuna's tables

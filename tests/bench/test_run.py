@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
@@ -208,6 +209,7 @@ class BadInput:
     expect: tuple[str, ...]  # fragments of the one error line
     edit: tuple[str, str] | None = None  # (old, new) text replaced once in smoke.toml -> {toml}
     append: str = ""  # text appended to smoke.toml -> {toml}
+    code: int = 2  # the exit code: 2 bad input, 3 a service unreachable (infrastructure)
 
 
 def _edit(old: str, new: str, expect: tuple[str, ...]) -> BadInput:
@@ -241,12 +243,25 @@ BAD_INPUTS = {
     ),
     "tracking-server-unreachable": BadInput(
         ("--study", "smoke", "--tracking-uri", "http://127.0.0.1:{port}"),
-        ("cannot reach the MLflow tracking server http://127.0.0.1:", "--tracking-uri"),
+        ("cannot reach the MLflow tracking server http://127.0.0.1:", "--tracking-uri"), code=3,
     ),
     "database-unreachable": BadInput(
         ("--study", "smoke", "--storage", "postgresql://nobody@127.0.0.1:1/x"),
-        ("cannot reach the Optuna storage postgresql://nobody@127.0.0.1:1/x", "--storage"),
+        ("cannot reach the Optuna storage postgresql://nobody@127.0.0.1:1/x", "--storage"), code=3,
     ),
+    "truncated-data": BadInput(
+        ("--study", "smoke", "--data-dir", "{truncated}"), ("t10k-images-idx3-ubyte is truncated", "replace it with a whole copy")
+    ),
+    "storage-is-an-sqlite-file": BadInput(
+        ("--study", "smoke", "--storage", "{sqlite}"), ("is an SQLite database, not an Optuna journal file", "sqlite:///")
+    ),
+    "storage-url-without-slashes": BadInput(
+        ("--study", "smoke", "--storage", "sqlite:optuna.db"), ("neither a database URL", "did you mean sqlite:///optuna.db?")
+    ),
+    "storage-journal-truncated": BadInput(
+        ("--study", "smoke", "--storage", "{journal}"), ("is not a whole Optuna journal (its last line is cut short, line 2)",)
+    ),
+    "outage-timeout-negative": BadInput(("--study", "smoke", "--outage-timeout", "-1"), ("--outage-timeout must be at least 0",)),
     "epochs-flag-0": BadInput(("--study", "smoke", "--epochs", "0"), ("--epochs: epochs must be an integer in [1, 100000], got 0",)),
     **({} if _cuda_available() else {"cuda-missing": BadInput(
         ("--study", "smoke", "--device", "cuda"), ("device 'cuda' requested but CUDA is not available", "--device cpu"))}),
@@ -281,13 +296,14 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case: BadInput, tmp_
     (inputs / "mnist_only").mkdir()
     (inputs / "mnist_only" / "MNIST").symlink_to(data_folder() / "MNIST")  # the training data, not the OOD dataset
     subs = {"{toml}": str(toml), "{empty}": str(inputs / "empty"), "{port}": str(closed_port()),
-            "{mnist_only}": str(inputs / "mnist_only")}
+            "{mnist_only}": str(inputs / "mnist_only"), "{truncated}": str(truncated_data(inputs / "truncated")),
+            "{sqlite}": str(sqlite_file(inputs / "mlflow.db")), "{journal}": str(truncated_journal(inputs / "cut.journal"))}
     args = [_sub(a, subs) for a in case.args]
 
     # no --tracking-uri / --storage unless the case is about them: the defaults would write here
     proc = run_cli([*args, "--no-progress", "--no-baselines"], cwd, timeout=120)
 
-    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.returncode == case.code, proc.stdout + proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ")
@@ -295,6 +311,40 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case: BadInput, tmp_
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
     assert proc.stdout == ""
     assert sorted(p.name for p in cwd.iterdir()) == []  # no mlflow.db, mlruns, optuna.journal
+
+
+def truncated_data(root: Path) -> Path:
+    """A data folder whose MNIST test images lose their last 1,000 bytes (a copy cut short); the rest linked."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (data_folder() / "MNIST" / "raw").glob("*-ubyte"):
+        if f.name == "t10k-images-idx3-ubyte":
+            (raw / f.name).write_bytes(f.read_bytes()[:-1000])
+        else:
+            (raw / f.name).symlink_to(f)
+    (root / "FashionMNIST").symlink_to(data_folder() / "FashionMNIST")
+    return root
+
+
+def sqlite_file(path: Path) -> Path:
+    """An SQLite database with a table in it, as MLflow's mlflow.db is."""
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE runs (id TEXT)")
+    return path
+
+
+def truncated_journal(path: Path) -> Path:
+    """A real Optuna journal (a study and one finished trial) cut in the middle of its second line."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    study = optuna.create_study(storage=JournalStorage(JournalFileBackend(str(path))), study_name="smoke")
+    study.add_trial(optuna.trial.create_trial(params={"x": 1.0}, distributions={"x": optuna.distributions.FloatDistribution(0, 2)}, value=1.0))
+    lines = path.read_bytes().split(b"\n")
+    path.write_bytes(lines[0] + b"\n" + lines[1][: len(lines[1]) // 2])
+    return path
 
 
 def _sub(arg: str, subs: dict[str, str]) -> str:

@@ -206,7 +206,8 @@ def test_one_and_two_workers_log_the_same_trials(tmp_path, data_root):
     assert any(state == "PRUNED" for _, state, _, _ in one.values())  # the pruning decisions were compared too
     rec = runs[2].record()
     assert {c.data.tags[T.STRATUM] for c in rec.children} == {"latent_dim=2", "latent_dim=8"}
-    assert rec.parent.data.params["trials_per_stratum"] == "3" and rec.parent.data.params["n_trials"] == "6"
+    assert rec.parent.data.tags["trials_per_stratum"] == "3" and rec.parent.data.tags["n_trials"] == "6"
+    assert rec.parent.data.params["strata"] == "latent_dim"
 
 
 @pytest.mark.slow  # three studies of 6 trials through the CLI
