@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import Callable, NoReturn
 
+from bench.redact import mask
+
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
@@ -26,8 +28,8 @@ class BenchError(Exception):
 
 
 def fail(message: str) -> NoReturn:
-    """Print `error: message` as one line on stderr and exit with code 2."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    """Print `error: message` as one line on stderr, any URL's password masked, and exit with code 2."""
+    print(f"error: {mask(' '.join(str(message).split()))}", file=sys.stderr)
     raise SystemExit(EXIT_BAD_INPUT)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from bench import tags as T
 from bench.errors import BenchError
+from bench.redact import mask, password_env
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,15 @@ def _mlflow():
 
 
 def resolve_tracking_uri(flag: str | None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db here)."""
-    if flag:
-        return flag
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return _mlflow().get_tracking_uri()
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db here).
+
+    A server URL's user and password (http://user:pw@host) move to MLFLOW_TRACKING_USERNAME /
+    MLFLOW_TRACKING_PASSWORD, which MLflow's client sends as basic auth; the URL kept has neither.
+    """
+    uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or _mlflow().get_tracking_uri()
+    uri, credentials = password_env(uri)
+    os.environ.update(credentials)
+    return uri
 
 
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
@@ -84,8 +88,8 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
 def ui_command(uri: str) -> str:
     """The command that opens the MLflow UI on what this study wrote."""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {mask(uri)} in a browser"
+    return f"mlflow ui --backend-store-uri {mask(uri)}"
 
 
 def runs_link(uri: str, experiment_id: str, search_filter: str = "", order_by: str = "") -> str:
@@ -96,7 +100,7 @@ def runs_link(uri: str, experiment_id: str, search_filter: str = "", order_by: s
     """
     from urllib.parse import quote
 
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{UI_PORT}"
+    base = mask(uri).rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{UI_PORT}"
     query = ["workflowType=machine_learning"]
     if search_filter:
         query.append("searchFilter=" + quote(search_filter, safe=""))
