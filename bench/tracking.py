@@ -6,6 +6,7 @@ opened with `child_run(...)`, a `with` block that always closes the run with a f
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import random
@@ -68,6 +69,7 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
             raise BenchError(
                 f"cannot reach the MLflow tracking server {uri} ({reason}); start it or pass another --tracking-uri"
             ) from None
+        _check_credentials(uri, timeout_s)
         return
     if uri.startswith("sqlite:///"):
         # sqlite:///rel.db is relative to the working directory, sqlite:////abs.db absolute
@@ -83,6 +85,27 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
     if uri.split("://")[0] in ("postgresql", "mysql", "mssql", "databricks") or "+" in uri.split("://")[0]:
         return
     raise BenchError(f"unsupported MLflow tracking URI {uri!r}; use http(s)://, sqlite:///, file: or a database URL")
+
+
+def _check_credentials(uri: str, timeout_s: float) -> None:
+    """A server with basic-auth answers 401 without a known user's password: say so before anything is written.
+
+    Sends what MLflow's client would send (MLFLOW_TRACKING_USERNAME / _PASSWORD as basic auth).
+    """
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            who = f"user {user!r} with MLFLOW_TRACKING_PASSWORD" if user and password else "a request with no user"
+            raise BenchError(f"the MLflow tracking server {uri} refused {who} (401 Unauthorized); "
+                             "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an MLflow user's") from None
+    except (urllib.error.URLError, OSError):
+        return  # it answered /health a moment ago; the client's own retries take over from here
 
 
 def ui_command(uri: str) -> str:

@@ -648,7 +648,8 @@ def test_mlflow_command_serves_with_basic_auth_host_checks_and_artifacts(resolve
     from mlflow.exceptions import MlflowException
     from mlflow.server.auth.client import AuthServiceClient
 
-    from bench.tracking import Tracker
+    from bench.errors import BenchError
+    from bench.tracking import Tracker, check_tracking_uri
 
     _run_init_script(scratch)
     svc = resolved["services"]["mlflow"]
@@ -720,10 +721,16 @@ def test_mlflow_command_serves_with_basic_auth_host_checks_and_artifacts(resolve
         # ... and is no admin: it cannot make users.
         with pytest.raises(MlflowException, match="403 != 200. Response body: 'Permission denied'"):
             AuthServiceClient(base).create_user("intruder", "intruder-password-1")
-        # A wrong password is refused by the client too.
+        # A wrong password is refused by the client, and by bench.run's checks before it writes anything.
+        check_tracking_uri(base)
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
         with pytest.raises(MlflowException, match="401|Unauthorized|credentials"):
             MlflowClient(base).get_run(run_id)
+        with pytest.raises(BenchError, match=r"refused user 'vaebench-worker' with MLFLOW_TRACKING_PASSWORD \(401 Unauthorized\)"):
+            check_tracking_uri(base)
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+        with pytest.raises(BenchError, match=r"refused a request with no user \(401"):
+            check_tracking_uri(base)
     finally:
         _end_group(server)
         log.close()
