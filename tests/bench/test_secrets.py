@@ -6,7 +6,6 @@ passwords given here are never checked, only followed.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -17,8 +16,12 @@ import pytest
 from bench.redact import mask, move_passwords, password_env
 from bench.workers import spawn_workers
 from tests.bench.helpers import cli_env, run_cli
-from tests.bench.services import create_database, db_url, drop_database, postgres_available
-from tests.helpers import REPO
+from tests.bench.services import (
+    create_database,
+    db_url,
+    drop_database,
+    postgres_available,
+)
 
 SECRET = "Sekr3t-Pw-9c1e"
 
