@@ -15,6 +15,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ REPLICATE_OF_TAG, REPLICATE_TRIAL_TAG = T.REPLICATE_OF, T.REPLICATE_OF_TRIAL
 STUDY_TAG = "study"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 VAE_PACKAGE_DIR = PROJECT_DIR / "vae"
+MODEL_CODE = Path(__file__).resolve().parent / "mlflow_model.py"  # what a logged model runs when loaded
+MODEL_CHECKPOINT = "checkpoint"  # the logged model's artifact holding the checkpoint (mlflow_model.CHECKPOINT)
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
@@ -178,8 +181,6 @@ class Tracker:
     def __init__(self, uri: str, experiment: str) -> None:
         mlflow = _mlflow()
         logging.getLogger("mlflow").setLevel(logging.WARNING)
-        # log_model's pickle warning is understood: see ChildRun.log_model for why pickle
-        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we print one summary
         self.uri = uri
@@ -473,27 +474,34 @@ class ChildRun:
     def log_figure(self, fig, name: str) -> None:
         self.tracker.log_figure(self.run_id, fig, name)
 
-    def log_model(self, model, name: str, checkpoint: str | os.PathLike | None = None) -> str:
-        """The model with mlflow.pytorch.log_model under `name`, so that mlflow.pytorch.load_model returns it.
+    def log_model(self, name: str, checkpoint: str | os.PathLike) -> str:
+        """The model in `checkpoint` (vae.train.save_checkpoint's file) as an MLflow model `name`; returns its URI.
 
-        Returns its URI (models:/m-...), also kept in the run's model_uri tag.
-
-        Pickle format with the `vae` package as code: the VAE's forward returns a tuple and
-        its use is encode/decode/sample, which the pt2 graph format (one tensor out) cannot
-        carry. A weights-only checkpoint (state dict + configs) is logged beside it.
+        The URI (models:/m-...) is also kept in the run's model_uri tag; the checkpoint is logged
+        beside it too (checkpoint/model.pt). Loading runs no pickle: the model is code
+        (bench/mlflow_model.py, models-from-code) plus the vae package and this weights-only
+        checkpoint, which it reads with torch.load(weights_only=True). So
+        `mlflow.pyfunc.load_model(uri)` reconstructs images with `predict`, and
+        `.unwrap_python_model().model` is the torch module with sample/encode/decode.
         """
         import torch
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
 
         mlflow = _mlflow()
-        info = mlflow.pytorch.log_model(
-            model.cpu().eval(),
-            name=name,
-            serialization_format="pickle",
-            code_paths=[str(VAE_PACKAGE_DIR)],
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        )
-        if checkpoint is not None:
-            self.tracker.log_file(self.run_id, checkpoint, "checkpoint")
+        images = Schema([TensorSpec(np.dtype(np.float32), (-1, 784))])  # (N, 784) pixels in [0, 1]
+        with warnings.catch_warnings():
+            # an input example would be run through the model at every log: the signature says it all
+            warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
+            info = mlflow.pyfunc.log_model(
+                name=name,
+                python_model=str(MODEL_CODE),
+                signature=ModelSignature(inputs=images, outputs=images),  # images in, reconstructions out
+                artifacts={MODEL_CHECKPOINT: str(checkpoint)},
+                code_paths=[str(VAE_PACKAGE_DIR)],
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
+            )
+        self.tracker.log_file(self.run_id, checkpoint, "checkpoint")
         self.set_tags({T.MODEL_URI: info.model_uri})
         return info.model_uri
 
