@@ -12,12 +12,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Every service runs as this unprivileged user, never as root.
 RUN useradd --create-home --uid 10001 vaebench
 
-# --- MLflow tracking server: mlflow 3.x and the PostgreSQL driver for its backend store.
+# --- MLflow tracking server: mlflow 3.x with its basic-auth app (the `auth` extra) and the
+# PostgreSQL driver for its backend and auth stores. Also runs the one-shot mlflow-worker-user job.
 FROM base AS mlflow
-# The flags in docker-compose.yml (--allowed-hosts, --serve-artifacts, ...) were checked
-# against this release; change both together.
+# The flags in docker-compose.yml (--app-name, --allowed-hosts, --serve-artifacts, ...) were
+# checked against this release; change both together.
 ARG MLFLOW_VERSION=3.17.2
-RUN pip install "mlflow==${MLFLOW_VERSION}" "psycopg[binary]>=3.1"
+RUN pip install "mlflow[auth]==${MLFLOW_VERSION}" "psycopg[binary]>=3.1"
 # A new named volume takes the owner of the directory it is mounted over, so the
 # unprivileged server can write served artifacts there.
 RUN mkdir /mlartifacts && chown vaebench:vaebench /mlartifacts

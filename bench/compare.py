@@ -29,7 +29,7 @@ from bench.tracking import Tracker
 from bench.trials import best_per_latent, trial_configs
 from vae.data import Datasets
 from vae.model import ModelConfig, build_model
-from vae.train import TrainConfig, load_checkpoint
+from vae.train import TrainConfig, load_checkpoint, save_checkpoint
 
 
 def _baseline_done(tracker: Tracker, parent_run_id: str, kind: str, vae_run_id: str) -> bool:
@@ -183,7 +183,9 @@ def _log_result(r: JobResult, ctx: StudyContext, ood_tags: dict) -> None:
         if job.kind == "ae" and r.state is not None:
             model = build_model("ae", job.model_cfg)
             model.load_state_dict(r.state)
-            run.log_model(model.eval(), model_name(job.kind, latent))
+            with tempfile.TemporaryDirectory(prefix="vaebench-") as tmp:
+                ckpt = save_checkpoint(Path(tmp) / "model.pt", model, "ae", job.train_cfg)
+                run.log_model(model_name(job.kind, latent), ckpt)
 
 
 def _register_best(tracker: Tracker, spec: StudySpec, latent: int, vae_run: str, vae_tags: dict[str, str]) -> None:
@@ -193,7 +195,7 @@ def _register_best(tracker: Tracker, spec: StudySpec, latent: int, vae_run: str,
         return  # logged by a version of the project that did not record it
     name = registered_name(spec.name, latent)
     desc = (f"The best VAE of study {spec.name} at latent size {latent} by {', '.join(spec.objectives)} "
-            f"(trial {vae_tags.get(T.TRIAL_NUMBER)}); load it with mlflow.pytorch.load_model('models:/{name}@{BEST_ALIAS}').")
+            f"(trial {vae_tags.get(T.TRIAL_NUMBER)}); load it with mlflow.pyfunc.load_model('models:/{name}@{BEST_ALIAS}'), whose .unwrap_python_model().model is the VAE.")
     ref = tracker.register_model(uri, name, BEST_ALIAS, vae_run, desc)
     tracker.set_tags(vae_run, {T.REGISTERED_AS: ref})
 

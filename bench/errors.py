@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Callable, NoReturn
 
+from bench.redact import mask
+
 EXIT_BAD_INPUT = 2
 EXIT_INFRASTRUCTURE = 3  # a storage or tracking service unreachable: nothing to fix in the input, rerun later
 EXIT_INTERRUPTED = 130
@@ -36,8 +38,8 @@ class InfrastructureError(BaseException):
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    """Print `error: message` as one line on stderr and exit with `code` (2: bad input)."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    """Print `error: message` as one line on stderr, any URL's password masked, and exit with `code` (2: bad input)."""
+    print(f"error: {mask(' '.join(str(message).split()))}", file=sys.stderr)
     raise SystemExit(code)
 
 

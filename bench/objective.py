@@ -114,7 +114,7 @@ class TrialRunner:
             log_latent_pictures(run, model, self.data)
             with tempfile.TemporaryDirectory(prefix="vaebench-") as tmp:
                 ckpt = save_checkpoint(Path(tmp) / "model.pt", model, "vae", train_cfg)
-                run.log_model(model, model_name("vae", model_cfg.latent_dim, trial.number), ckpt)
+                run.log_model(model_name("vae", model_cfg.latent_dim, trial.number), ckpt)
             run.set_tags({T.OPTUNA_STATE: "COMPLETE"})
             last = history[-1]
             outcome = (", ".join(f"{k} = {last[k]:.2f}" for k in spec.objectives) + f" after {train_cfg.epochs} epochs; "

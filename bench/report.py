@@ -20,6 +20,7 @@ import pandas as pd
 from bench.errors import BenchError, HelpFormatter, cli_main
 from bench.frontier import REFERENCE, rate_distortion_figure, rate_distortion_points
 from bench.metrics import COMPARISON, VAE_TEST, better
+from bench.spec import check_study_name
 from bench.stats import ALPHA, LEVEL, holm, t_interval, welch_p
 from bench.tracking import REPLICATE_OF_TAG, REPLICATE_ROLE, ROLE_TAG, SEED_TAG
 from bench.tags import IMAGE_KEYS, grid_file
@@ -445,8 +446,11 @@ def child_runs(tracker, parent_run_id: str) -> pd.DataFrame:
 
 
 def report_folder(study: str, given: str | None = None) -> Path:
-    """Where a study's report is written: `given`, else reports/<study> in the working directory."""
-    return Path(given or f"reports/{study}")
+    """Where a study's report is written: `given`, else reports/<study> in the working directory.
+
+    The name is checked again here, where it becomes a path: `../x` must never leave reports/.
+    """
+    return Path(given or f"reports/{check_study_name(study)}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -289,6 +289,7 @@ def print_summary(out: Outcome, uri: str) -> None:
     from bench.study import FINISHED_STATES, count
     from bench.trials import best_trial
     from bench import tags as T
+    from bench.redact import mask
     from bench.tracking import runs_link, ui_command
 
     spec, study = out.ctx.spec, out.ctx.study
@@ -306,7 +307,7 @@ def print_summary(out: Outcome, uri: str) -> None:
         tm = best.user_attrs.get("test_metrics", {})
         if tm:
             print("  test:   " + ", ".join(f"{k}={_fmt(val)}" for k, val in tm.items()))
-    print(f"MLflow: experiment {spec.experiment_name!r}, parent run {out.ctx.parent_run_id} at {uri}")
+    print(f"MLflow: experiment {spec.experiment_name!r}, parent run {out.ctx.parent_run_id} at {mask(uri)}")
     print(f"open the UI: {ui_command(uri)}")
     trials = f"tags.`{T.ROLE}` = 'trial'"  # the trials, best first; README shows more filters
     print(f"  trials, best first: {runs_link(uri, out.ctx.tracker.experiment_id, trials, f'metrics.`{spec.objectives[0]}` ' + ('DESC' if spec.directions[0] == 'maximize' else 'ASC'))}")

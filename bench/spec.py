@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import sys
 import tomllib
 import types
@@ -231,13 +232,26 @@ class ReplicateSpec:
         return tuple(range(search_seed + 1, search_seed + self.seeds + 1))
 
 
+STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+STUDY_NAME_RULE = "1 to 64 letters, digits, '.', '_' or '-', the first a letter or digit"  # the pattern in words
+
+
+def check_study_name(name: str) -> str:
+    """`name` when it is a valid study name (STUDY_NAME_PATTERN), else a BenchError: it is used in paths."""
+    if not re.fullmatch(STUDY_NAME_PATTERN, name):
+        raise BenchError(f"study name {name!r} is not allowed: use {STUDY_NAME_RULE}")
+    return name
+
+
 @spec_dataclass
 class StudySpec:
     """A whole study: what is searched, on what data, how trials are judged and compared."""
 
     where: ClassVar[str] = "study."
 
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    # becomes a folder (reports/<name>), an MLflow experiment and model names: a plain word, no
+    # path separators, no '..', nothing a shell or a URL would read differently
+    name: Annotated[str, Field(pattern=STUDY_NAME_PATTERN)]
     # reported each epoch and optimised; a list of keys makes a multi-objective study (e.g. the
     # rate-distortion frontier: ["val/kl", "val/recon_bce"]) whose trials are never pruned
     metric: Metric | tuple[Metric, ...] = "val/elbo"
@@ -643,6 +657,9 @@ def _allowed(tp: Any, meta: list[Any] = ()) -> str:
         flat = [x for m in meta for x in (m.metadata if isinstance(m, FieldInfo) else [m])]
         return number_phrase(tp, bounds_of(flat))
     if tp is str:
+        pattern = next((m.pattern for m in meta if getattr(m, "pattern", None)), None)
+        if pattern:
+            return STUDY_NAME_RULE if pattern == STUDY_NAME_PATTERN else f"a string matching {pattern}"
         return "a non-empty string" if any(getattr(m, "min_length", 0) for m in meta) else "a string"
     if get_origin(tp) is tuple:
         return "a list"

@@ -24,6 +24,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from bench.errors import BenchError, InfrastructureError
 from bench.outage import DEFAULT_TIMEOUT_S as DEFAULT_OUTAGE_S
 from bench.outage import Outage, transient
+from bench.redact import mask
 from bench.spec import StudySpec
 
 DEFAULT_JOURNAL = "optuna.journal"
@@ -46,12 +47,7 @@ class StorageTarget:
     def display(self) -> str:
         if self.kind == "journal":
             return f"journal file {self.location}"
-        try:
-            from sqlalchemy.engine import make_url
-
-            return make_url(self.location).render_as_string(hide_password=True)
-        except Exception:
-            return self.location
+        return mask(self.location)
 
 
 def parse_storage(value: str | None) -> StorageTarget:
@@ -62,7 +58,7 @@ def parse_storage(value: str | None) -> StorageTarget:
         scheme = value.split("://", 1)[0].split("+", 1)[0].lower()
         if scheme not in RDB_SCHEMES:
             raise BenchError(
-                f"--storage {value!r}: unsupported scheme {scheme!r}; use a journal file path or a database URL "
+                f"--storage {mask(value)!r}: unsupported scheme {scheme!r}; use a journal file path or a database URL "
                 "(sqlite:///file.db, postgresql://user@host/db)"
             )
         from sqlalchemy.engine import make_url
@@ -71,7 +67,7 @@ def parse_storage(value: str | None) -> StorageTarget:
         try:
             make_url(value)
         except (ArgumentError, ValueError) as exc:
-            raise BenchError(f"--storage: cannot parse the database URL {value!r} ({exc})") from None
+            raise BenchError(f"--storage: cannot parse the database URL {mask(value)!r} ({mask(exc)})") from None
         return StorageTarget("rdb", value)
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]+):", value)  # two letters at least: C:\\ is a Windows path
     if scheme:
@@ -135,7 +131,7 @@ def check_reachable(target: StorageTarget, timeout_s: int = 5) -> None:
         if target.location.startswith("sqlite:///"):
             folder = Path(target.location[len("sqlite:///") :]).parent
             if not folder.is_dir():
-                raise BenchError(f"--storage {target.location}: the folder {folder} does not exist")
+                raise BenchError(f"--storage {target.display}: the folder {folder} does not exist")
         return
     import sqlalchemy
 
@@ -273,7 +269,7 @@ def open_storage(
         except Exception as exc:  # workers creating the tables at once collide (UniqueViolation): retry
             last = exc
             time.sleep(0.5 * (attempt + 1) + random.random())
-    raise BenchError(f"cannot open the Optuna storage {target.display}: {str(last).splitlines()[0]}")
+    raise BenchError(f"cannot open the Optuna storage {target.display}: {mask(str(last).splitlines()[0])}")
 
 
 def optuna_sampler(

@@ -6,6 +6,7 @@ opened with `child_run(...)`, a `with` block that always closes the run with a f
 
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 import os
@@ -15,6 +16,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ import numpy as np
 from bench import tags as T
 from bench.errors import BenchError, InfrastructureError
 from bench.outage import DEFAULT_TIMEOUT_S, Outage, transient
+from bench.redact import mask, password_env
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ REPLICATE_OF_TAG, REPLICATE_TRIAL_TAG = T.REPLICATE_OF, T.REPLICATE_OF_TRIAL
 STUDY_TAG = "study"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 VAE_PACKAGE_DIR = PROJECT_DIR / "vae"
+MODEL_CODE = Path(__file__).resolve().parent / "mlflow_model.py"  # what a logged model runs when loaded
+MODEL_CHECKPOINT = "checkpoint"  # the logged model's artifact holding the checkpoint (mlflow_model.CHECKPOINT)
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 # MLflow's client retries a failed HTTP request 7 times over ~4 minutes, silently, then raises; fewer
 # and shorter here (about 7 s), so that an outage is said at once and waited out by Outage up to
@@ -53,12 +58,15 @@ def _mlflow():
 
 
 def resolve_tracking_uri(flag: str | None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db here)."""
-    if flag:
-        return flag
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return _mlflow().get_tracking_uri()
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db here).
+
+    A server URL's user and password (http://user:pw@host) move to MLFLOW_TRACKING_USERNAME /
+    MLFLOW_TRACKING_PASSWORD, which MLflow's client sends as basic auth; the URL kept has neither.
+    """
+    uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or _mlflow().get_tracking_uri()
+    uri, credentials = password_env(uri)
+    os.environ.update(credentials)
+    return uri
 
 
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
@@ -76,6 +84,7 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
             raise error(
                 f"cannot reach the MLflow tracking server {uri} ({reason}); start it or pass another --tracking-uri"
             ) from None
+        _check_credentials(uri, timeout_s)
         return
     if uri.startswith("sqlite:///"):
         # sqlite:///rel.db is relative to the working directory, sqlite:////abs.db absolute
@@ -93,11 +102,32 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
     raise BenchError(f"unsupported MLflow tracking URI {uri!r}; use http(s)://, sqlite:///, file: or a database URL")
 
 
+def _check_credentials(uri: str, timeout_s: float) -> None:
+    """A server with basic-auth answers 401 without a known user's password: say so before anything is written.
+
+    Sends what MLflow's client would send (MLFLOW_TRACKING_USERNAME / _PASSWORD as basic auth).
+    """
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            who = f"user {user!r} with MLFLOW_TRACKING_PASSWORD" if user and password else "a request with no user"
+            raise BenchError(f"the MLflow tracking server {uri} refused {who} (401 Unauthorized); "
+                             "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an MLflow user's") from None
+    except (urllib.error.URLError, OSError):
+        return  # it answered /health a moment ago; the client's own retries take over from here
+
+
 def ui_command(uri: str) -> str:
     """The command that opens the MLflow UI on what this study wrote."""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {mask(uri)} in a browser"
+    return f"mlflow ui --backend-store-uri {mask(uri)}"
 
 
 def runs_link(uri: str, experiment_id: str, search_filter: str = "", order_by: str = "") -> str:
@@ -108,7 +138,7 @@ def runs_link(uri: str, experiment_id: str, search_filter: str = "", order_by: s
     """
     from urllib.parse import quote
 
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{UI_PORT}"
+    base = mask(uri).rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{UI_PORT}"
     query = ["workflowType=machine_learning"]
     if search_filter:
         query.append("searchFilter=" + quote(search_filter, safe=""))
@@ -163,8 +193,6 @@ class Tracker:
     def __init__(self, uri: str, experiment: str, outage_timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         mlflow = _mlflow()
         logging.getLogger("mlflow").setLevel(logging.WARNING)
-        # log_model's pickle warning is understood: see ChildRun.log_model for why pickle
-        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we print one summary
         for key, value in MLFLOW_HTTP_RETRIES.items():
@@ -471,28 +499,35 @@ class ChildRun:
     def log_figure(self, fig, name: str) -> None:
         self.tracker.log_figure(self.run_id, fig, name)
 
-    def log_model(self, model, name: str, checkpoint: str | os.PathLike | None = None) -> str:
-        """The model with mlflow.pytorch.log_model under `name`, so that mlflow.pytorch.load_model returns it.
+    def log_model(self, name: str, checkpoint: str | os.PathLike) -> str:
+        """The model in `checkpoint` (vae.train.save_checkpoint's file) as an MLflow model `name`; returns its URI.
 
-        Returns its URI (models:/m-...), also kept in the run's model_uri tag.
-
-        Pickle format with the `vae` package as code: the VAE's forward returns a tuple and
-        its use is encode/decode/sample, which the pt2 graph format (one tensor out) cannot
-        carry. A weights-only checkpoint (state dict + configs) is logged beside it.
+        The URI (models:/m-...) is also kept in the run's model_uri tag; the checkpoint is logged
+        beside it too (checkpoint/model.pt). Loading runs no pickle: the model is code
+        (bench/mlflow_model.py, models-from-code) plus the vae package and this weights-only
+        checkpoint, which it reads with torch.load(weights_only=True). So
+        `mlflow.pyfunc.load_model(uri)` reconstructs images with `predict`, and
+        `.unwrap_python_model().model` is the torch module with sample/encode/decode.
         """
         import torch
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
 
         mlflow = _mlflow()
-        info = self.tracker.outage.call(
-            mlflow.pytorch.log_model,
-            model.cpu().eval(),
-            name=name,
-            serialization_format="pickle",
-            code_paths=[str(VAE_PACKAGE_DIR)],
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        )
-        if checkpoint is not None:
-            self.tracker.log_file(self.run_id, checkpoint, "checkpoint")
+        images = Schema([TensorSpec(np.dtype(np.float32), (-1, 784))])  # (N, 784) pixels in [0, 1]
+        with warnings.catch_warnings():
+            # an input example would be run through the model at every log: the signature says it all
+            warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
+            info = self.tracker.outage.call(
+                mlflow.pyfunc.log_model,
+                name=name,
+                python_model=str(MODEL_CODE),
+                signature=ModelSignature(inputs=images, outputs=images),  # images in, reconstructions out
+                artifacts={MODEL_CHECKPOINT: str(checkpoint)},
+                code_paths=[str(VAE_PACKAGE_DIR)],
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
+            )
+        self.tracker.log_file(self.run_id, checkpoint, "checkpoint")
         self.set_tags({T.MODEL_URI: info.model_uri})
         return info.model_uri
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import optuna
 
+from bench.redact import move_passwords
+
 
 def worker_id() -> str:
     """host:pid of this process, stored on each trial it runs.
@@ -51,12 +53,15 @@ def spawn_workers(argv: list[str], n: int, threads: int, **popen: Any) -> list[s
     """Start n-1 more local `bench.run` workers with the same arguments (this process is worker 0).
 
     `popen` goes to subprocess.Popen (cwd, env, stdout): bench.perf.scale starts a worker with its own log.
+    A password in a URL flag goes to the worker's environment, not its argv, where `ps` would show it.
     """
+    argv, secrets = move_passwords(argv)
+    env = {**(popen.pop("env", None) or os.environ), **secrets}
     procs = []
     for i in range(1, n):
         cmd = [sys.executable, "-m", "bench.run", *argv, "--workers", "1", "--threads", str(threads),
                "--worker-index", str(i), "--no-finalize", "--no-progress"]
-        procs.append(subprocess.Popen(cmd, **popen))
+        procs.append(subprocess.Popen(cmd, env=env, **popen))
     return procs
 
 

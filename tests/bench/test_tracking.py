@@ -11,6 +11,7 @@ import math
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -146,18 +147,35 @@ def test_images_are_pngs_of_the_expected_size(smoke, tmp_path):
             assert {s for _, s in logged_images(client, run_id)} == {0}
 
 
-def test_logged_model_loads_back_and_is_the_evaluated_one(smoke, smoke_data, tmp_path):
+def test_logged_model_loads_back_with_no_pickle_and_is_the_evaluated_one(smoke, smoke_data, tmp_path):
     import mlflow
+    import yaml
 
     trial, run = complete(smoke.record)[0]
     run_id = run.info.run_id
     with global_tracking_uri(smoke.run.tracking_uri):
-        model = mlflow.pytorch.load_model(run.data.tags["model_uri"])
+        loaded = mlflow.pyfunc.load_model(run.data.tags["model_uri"])
+        files = Path(mlflow.artifacts.download_artifacts(run.data.tags["model_uri"], dst_path=str(tmp_path / "model")))
+    # models-from-code: the model is a code file, the vae package and the weights-only checkpoint;
+    # no pickle is stored, so none is run on load
+    flavor = yaml.safe_load((files / "MLmodel").read_text())["flavors"]
+    assert list(flavor) == ["python_function"]
+    assert flavor["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert (files / "mlflow_model.py").is_file() and (files / "code" / "vae" / "model.py").is_file()
+    assert not [f.name for f in files.rglob("*") if f.suffix in (".pkl", ".pickle", ".pth", ".cloudpickle")]
+    torch.load(files / "artifacts" / "model.pt", weights_only=True)  # refuses anything but tensors and plain data
+
+    model = loaded.unwrap_python_model().model
     assert type(model).__name__ == "VAE"
     assert model.latent_dim == trial.params["latent_dim"]
     assert model.config.hidden_width == trial.params["hidden_width"]
     x = model.sample(4)
     assert x.shape == (4, 784) and float(x.min()) >= 0 and float(x.max()) <= 1
+    # predict: test images in, their reconstructions out
+    images = smoke_data.test.x[:5]
+    recon = loaded.predict(images.numpy())
+    assert recon.shape == (5, 784)
+    assert torch.allclose(torch.as_tensor(recon), model.reconstruct(images).detach(), atol=1e-6)
 
     # the weights-only checkpoint beside it holds the same weights
     ckpt = smoke.run.download(run_id, tmp_path, "checkpoint/model.pt")

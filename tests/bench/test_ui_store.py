@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -181,10 +182,11 @@ def test_models_have_distinct_names_and_the_best_vae_per_size_is_registered(stor
             assert vae.data.tags[T.REGISTERED_AS] == ref
             version = client.get_model_version_by_alias(registered_name("smoke", latent), "best")
             assert version.run_id == vae.info.run_id
-            model = mlflow.pytorch.load_model(ref)
+            model = mlflow.pyfunc.load_model(ref).unwrap_python_model().model
             assert type(model).__name__ == "VAE" and model.latent_dim == latent
-        ae = mlflow.pytorch.load_model(compared(runs, "ae")[0].data.tags[T.MODEL_URI])
-        assert type(ae).__name__ == "Autoencoder"
+        ae = mlflow.pyfunc.load_model(compared(runs, "ae")[0].data.tags[T.MODEL_URI])
+        assert type(ae.unwrap_python_model().model).__name__ == "Autoencoder"
+        assert ae.predict(np.zeros((2, 784), dtype=np.float32)).shape == (2, 784)  # reconstructions
 
 
 def test_run_prints_a_link_to_the_trials_best_first(smoke_compared, store):
