@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.pool import imap_jobs
+from bench.pool import run_jobs
 from bench.spec import StudySpec
 from vae.data import load_data
 
@@ -45,17 +45,13 @@ def seed_metrics(spec: StudySpec, seed: int, data, device: torch.device | str = 
     IWAE NLL on the first `iw_images` with k = `iw_samples`; reconstructions decode the deterministic
     code. Nats per image. The same seed gives the same numbers on the same machine and thread count.
     """
-    from bench.baselines import train_baseline
+    from bench.models import fit_model
     from bench.scores import reconstruction_errors
     from vae.evaluate import elbo_metrics, iwae_nll
-    from vae.model import build_model
-    from vae.train import fit, seed_everything
 
     t0 = time.perf_counter()
     train_cfg = dataclasses.replace(spec.train, seed=seed)
-    seed_everything(seed)
-    vae = build_model("vae", spec.model)
-    fit(vae, data, train_cfg, device, progress=False)
+    vae = fit_model("vae", spec.model, train_cfg, data, device)
     x = data.test.x
     elbo = elbo_metrics(vae, x, seed=EVAL_SEED)
     n_iw = min(spec.eval.iw_images, len(x))
@@ -66,32 +62,31 @@ def seed_metrics(spec: StudySpec, seed: int, data, device: torch.device | str = 
         ("vae", "test/nll_iw"): iwae_nll(vae, x[:n_iw], k=spec.eval.iw_samples, seed=EVAL_SEED),
     }
     for kind in ("ae", "pca"):
-        model = train_baseline(kind, spec.model, train_cfg, data, device)
+        model = fit_model(kind, spec.model, train_cfg, data, device)
         values[(kind, "test/code_recon_bce")] = reconstruction_errors(model, x, x)[0]
     return SeedResult(seed, values, time.perf_counter() - t0)
 
 
-_WORKER: dict[str, object] = {}
-
-
-def _init_worker(spec: StudySpec, data_root: str, threads: int) -> None:
+def _load(spec: StudySpec, data_root: str, threads: int) -> tuple[StudySpec, object]:
+    """A pool process's data, read once: a file that cannot be read fails here, as one line (bench.pool)."""
     torch.set_num_threads(threads)
-    _WORKER["spec"] = spec
-    _WORKER["data"] = load_data(spec.data, data_root)
+    return spec, load_data(spec.data, data_root)
 
 
-def _run_seed(seed: int) -> SeedResult:
-    return seed_metrics(_WORKER["spec"], seed, _WORKER["data"])  # type: ignore[arg-type]
+def _run_seed(seed: int, env: tuple[StudySpec, object]) -> SeedResult:
+    spec, data = env
+    return seed_metrics(spec, seed, data)  # type: ignore[arg-type]
 
 
 def measure(spec: StudySpec, seeds: list[int], data_root: str, workers: int, on_seed=None) -> list[SeedResult]:
     """Every seed's SeedResult, in the order of `seeds`; `on_seed(result)` as each finishes.
 
     workers = 1 runs in this process with every core's thread; more run that many single-thread
-    processes (2 single-thread processes beat one 2-thread process on these small models).
+    processes (2 single-thread processes beat one 2-thread process on these small models), through
+    bench.pool.run_jobs: a lost process's seeds run again, a data file that cannot be read stops it in one line.
     """
     results = []
-    for res in imap_jobs(_run_seed, seeds, _init_worker, (spec, data_root), workers, _WORKER.clear, ordered=True):
+    for _, res in run_jobs(_run_seed, seeds, _load, (spec, data_root), workers, ordered=True):
         results.append(res)
         if on_seed is not None:
             on_seed(res)
