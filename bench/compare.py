@@ -50,7 +50,7 @@ def run_comparison(ctx: StudyContext, processes: int | None = None, ood: OODScor
         for trial in best.values():
             vae_run = trial.user_attrs[T.RUN_ID_ATTR]
             model_cfg, train_cfg = trial_configs(trial, spec)
-            job = ModelJob(models.SEARCHED, model_cfg, train_cfg, compared=True, of_run=vae_run, of_trial=trial.number)
+            job = ModelJob(models.SEARCHED, model_cfg, train_cfg, scoring="compare", of_run=vae_run, of_trial=trial.number)
             if tracker.tags_of(vae_run).get(T.COMPARED) != "true":
                 (Path(tmp) / vae_run).mkdir()
                 ckpt = str(tracker.download(vae_run, "checkpoint/model.pt", Path(tmp) / vae_run))

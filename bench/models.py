@@ -6,14 +6,20 @@ branching on a kind's name: the comparison, the replicates, the gate, the scores
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import torch
 from torch import nn
 
-from bench.baselines import FittedGaussianSampler, PCAModel, PriorSampler, Sampler, training_images
+from bench.baselines import (
+    FittedGaussianSampler,
+    PCAModel,
+    PriorSampler,
+    Sampler,
+    training_images,
+)
 from vae.data import Datasets
 from vae.model import ModelConfig, build_model
 from vae.train import EpochCallback, TrainConfig, fit, seed_everything

@@ -49,7 +49,7 @@ class Replicate:
 
     def job(self, model_cfg: ModelConfig, train_cfg: TrainConfig) -> ModelJob:
         """The unit of work that makes it: the trial's configs with this seed, scored as a replicate."""
-        return ModelJob(self.kind, model_cfg, dataclasses.replace(train_cfg, seed=self.seed), replicate=True,
+        return ModelJob(self.kind, model_cfg, dataclasses.replace(train_cfg, seed=self.seed), scoring="replicate",
                         of_run=self.of_run, of_trial=self.of_trial)
 
 

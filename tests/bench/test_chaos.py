@@ -24,7 +24,8 @@ from bench.workers import worker_id
 from tests.bench.helpers import StudyRun, cli_env, run_cli
 from tests.helpers import data_folder
 
-BOUND_S = 900  # the smoke study with its ending takes 1-5 min on 2 busy cores; a hang must still end
+BOUND_S = 900  # the smoke study with its ending takes 1-5 min on 2 busy cores (8 min at load 18); a hang must still end
+GATE_FAIL_S = 300  # the gate's pool processes start (import torch) and the first job fails: 143 s measured at load 18
 KINDS, LATENTS, SEEDS = ("vae", "ae", "pca"), ("2", "4"), ("1", "2")  # the smoke study's ending
 
 
@@ -34,9 +35,9 @@ def _ending_args(run: StudyRun) -> list[str]:
 
 def _start(run: StudyRun) -> subprocess.Popen:
     """The smoke study with its ending, in its own process group, output in files under its folder."""
-    out, err = open(run.cwd / "stdout", "w"), open(run.cwd / "stderr", "w")
-    return subprocess.Popen([sys.executable, "-m", "bench.run", *_ending_args(run)], cwd=run.cwd, env=cli_env(),
-                            stdout=out, stderr=err, text=True, start_new_session=True)
+    with open(run.cwd / "stdout", "w") as out, open(run.cwd / "stderr", "w") as err:  # the child keeps its own copies
+        return subprocess.Popen([sys.executable, "-m", "bench.run", *_ending_args(run)], cwd=run.cwd, env=cli_env(),
+                                stdout=out, stderr=err, text=True, start_new_session=True)
 
 
 def _pool_processes(pid: int) -> list[int]:
@@ -135,12 +136,12 @@ def test_a_truncated_data_file_ends_the_gate_in_one_line(tmp_path):
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "bench.check", "--data-dir", str(tmp_path / "data"), "--workers", "2",
                            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--no-progress"],
-                          cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=GATE_FAIL_S + 60, check=False)
     took = time.monotonic() - t0
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "could not start" in lines[0] and "DataError" in lines[0], proc.stderr
-    assert took < 120  # two spawned processes importing torch, then the first job; was: for ever
+    assert took < GATE_FAIL_S  # multiprocessing.Pool restarted the failing initializer for ever
 
 
 def _dead_worker() -> str:

@@ -26,8 +26,8 @@ def jobs(data, tmp_path_factory) -> list[ModelJob]:
     vae = build_model("vae", MODEL)
     fit(vae, data, TRAIN, progress=False)
     ckpt = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", vae, "vae", TRAIN)
-    return [ModelJob("vae", MODEL, TRAIN, str(ckpt), compared=True, of_run="run-a"),
-            ModelJob("ae", MODEL, TRAIN, compared=True, of_run="run-a"), ModelJob("pca", MODEL, TRAIN, compared=True, of_run="run-a")]
+    return [ModelJob("vae", MODEL, TRAIN, str(ckpt), of_run="run-a"), ModelJob("ae", MODEL, TRAIN, of_run="run-a"),
+            ModelJob("pca", MODEL, TRAIN, of_run="run-a")]
 
 
 @pytest.fixture(scope="module")
