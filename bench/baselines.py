@@ -1,13 +1,12 @@
-"""Baselines the VAE is compared with at the same latent size: a plain autoencoder and PCA.
+"""What the baselines the VAE is compared with are made of: PCA with the VAE's interface, and the samplers of all three.
 
-`train_baseline("ae" | "pca", model_config, train_config, data, device)` returns a model with the
-VAE's interface (codes, decode -> logits, reconstruct -> means); `generate_images(kind, model, x, n, seed)`
-draws images the way bench.scores and bench.images both do.
+`PCAModel` (codes, decode -> logits, reconstruct -> means) and the samplers are used through the model-kind
+registry bench.models (`fit_model`, `generate_images`); `training_images` is what PCA and the samplers fit on.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -16,8 +15,7 @@ from sklearn.decomposition import PCA
 
 from vae.data import Datasets, binarize_once
 from vae.evaluate import encode, eval_mode
-from vae.model import INPUT_DIM, ModelConfig, build_model
-from vae.train import EpochCallback, TrainConfig, fit, seed_everything
+from vae.model import INPUT_DIM
 
 PCA_EPS = 1e-3  # PCA outputs are clipped into [eps, 1 - eps]: a pixel predicted wrong costs -log(eps) = 6.9 nats
 SAMPLE_CHUNK = 2000  # images decoded at a time when sampling
@@ -92,69 +90,6 @@ class PCAModel(nn.Module):
         return self.linear_decode(self.codes(x)).clamp(PCA_EPS, 1.0 - PCA_EPS)
 
 
-Baseline = Callable[..., nn.Module]
-
-
-def _train_autoencoder(
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    data: Datasets,
-    device: torch.device | str,
-    progress: bool,
-    on_epoch_end: EpochCallback | None,
-    on_model: Callable[[nn.Module], None],
-) -> nn.Module:
-    # seed before building so the initial weights come from train_config.seed too (fit seeds only
-    # shuffling, binarization and noise); the VAE it is compared with should be built the same way
-    seed_everything(train_config.seed)
-    model = build_model("ae", model_config)
-    on_model(model)
-    fit(model, data, train_config, device, on_epoch_end=on_epoch_end, progress=progress)
-    return model
-
-
-def _fit_pca(
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    data: Datasets,
-    device: torch.device | str,
-    progress: bool,
-    on_epoch_end: EpochCallback | None,
-    on_model: Callable[[nn.Module], None],
-) -> nn.Module:
-    # all training images, binarized once with the training seed when the models see binary ones
-    x = training_images(data, seed=train_config.seed)
-    model = PCAModel.fit(x, model_config.latent_dim, seed=train_config.seed).to(device).eval()
-    on_model(model)
-    return model
-
-
-BASELINES: dict[str, Baseline] = {"ae": _train_autoencoder, "pca": _fit_pca}
-
-
-def train_baseline(
-    kind: str,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    data: Datasets,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-    on_epoch_end: EpochCallback | None = None,
-    on_model: Callable[[nn.Module], None] | None = None,
-) -> nn.Module:
-    """A baseline at `model_config.latent_dim`, in eval mode on `device`.
-
-    "ae": vae.model.Autoencoder with the same ModelConfig (beta unused), trained by vae.train.fit
-    with `train_config` (same data, epochs, optimizer, seed as the VAE) on reconstruction BCE alone;
-    `on_epoch_end` receives its per-epoch metrics. "pca": scikit-learn PCA with latent_dim
-    components fitted on the training images (no epochs; `train_config.seed` picks the binarization).
-    `on_model(model)` is called once the model exists (the AE's before training), e.g. to draw it at each epoch.
-    """
-    if kind not in BASELINES:
-        raise ValueError(f"baseline must be one of {sorted(BASELINES)}, got {kind!r}")
-    return BASELINES[kind](model_config, train_config, data, device, progress, on_epoch_end, on_model or (lambda m: None))
-
-
 class Sampler(Protocol):
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n generated images as Bernoulli means in [0, 1], (n, 784) on the CPU."""
@@ -210,29 +145,3 @@ class FittedGaussianSampler:
         z = self.sample_codes(n, generator).float()
         with eval_mode(self.model):
             return torch.cat([torch.sigmoid(self.model.decode(zb.to(dev))).float().cpu() for zb in z.split(SAMPLE_CHUNK)])
-
-
-SAMPLERS: dict[str, Callable[[nn.Module, torch.Tensor], Sampler]] = {
-    "vae": lambda model, x: PriorSampler(model),
-    "ae": FittedGaussianSampler.fit,
-    "pca": FittedGaussianSampler.fit,
-}
-
-
-def image_sampler(kind: str, model: nn.Module, train_x: torch.Tensor | None) -> Sampler:
-    """How a model of `kind` generates: the prior for "vae" (train_x unused), a Gaussian fitted to the
-    codes of train_x otherwise."""
-    if kind not in SAMPLERS:
-        raise ValueError(f"kind must be one of {sorted(SAMPLERS)}, got {kind!r}")
-    return SAMPLERS[kind](model, train_x)
-
-
-def sampler_generator(kind: str, model: nn.Module, seed: int) -> torch.Generator:
-    """A generator seeded with `seed` on the device the sampler of `kind` draws on."""
-    dev = next(model.parameters()).device if kind == "vae" else torch.device("cpu")
-    return torch.Generator(device=dev).manual_seed(seed)
-
-
-def generate_images(kind: str, model: nn.Module, train_x: torch.Tensor | None, n: int, seed: int) -> torch.Tensor:
-    """n images generated by the model of `kind` with draws seeded by `seed`: Bernoulli means (n, 784) on the CPU."""
-    return image_sampler(kind, model, train_x).sample(n, sampler_generator(kind, model, seed))

@@ -6,6 +6,7 @@ comparison, the seed replicates, the paper-protocol NLL and the report (bench.fi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import optuna
@@ -13,6 +14,7 @@ import torch
 
 from bench.spec import StudySpec
 from bench.tracking import Tracker
+from bench.trials import StudyBest
 from vae.data import Datasets
 
 
@@ -28,3 +30,13 @@ class StudyContext:
     device: torch.device  # where models are trained and scored
     data_root: str | None = None  # the data folder: the [eval] ood_dataset is read from it
     progress: bool = True  # progress bars (the report table is printed either way)
+    best: StudyBest | None = None  # the best trials at the state the ending works from (with_best)
+
+    def with_best(self) -> StudyContext:
+        """This context with the study's best trials computed once, for every stage of the ending to share."""
+        return dataclasses.replace(self, best=StudyBest.of(self.study, self.spec))
+
+    @property
+    def bests(self) -> StudyBest:
+        """The best trials `with_best` fixed, or (a stage called on its own) the study's best trials now."""
+        return self.best if self.best is not None else StudyBest.of(self.study, self.spec)

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
+from bench import models
 from bench import tags as T
 from bench.spec import StudySpec
 from bench.tracking import DatasetInfo, git_commit
@@ -21,7 +22,6 @@ from vae.data import DATASET_FOLDERS, Datasets
 from vae.model import ModelConfig
 from vae.train import TrainConfig
 
-MODEL_NAMES = {"vae": "VAE", "ae": "autoencoder", "pca": "PCA"}
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
 
 
@@ -46,18 +46,12 @@ def dataset_inputs(spec: StudySpec, data: Datasets) -> list[DatasetInfo]:
     return out
 
 
-# parameters that mean something only for some models: the others' runs do not carry them
-ONLY_FOR = {"beta": {"vae"}, "iw_samples": {"vae"}}
-PCA_PARAMS = ("latent_dim", "seed")  # PCA has no network: these and the data define it
-
-
 def run_params(model_cfg: ModelConfig, train_cfg: TrainConfig, spec: StudySpec, kind: str = "vae") -> dict[str, Any]:
-    """The model, training and data parameters that mean something for `kind`, under the same names for all models."""
+    """The model, training and data parameters that mean something for `kind` (bench.models), under the same names for all models."""
     data = {f"data.{k}": v for k, v in asdict(spec.data).items()}
     params = {**asdict(model_cfg), **asdict(train_cfg), **data, "iw_samples": spec.eval.iw_samples}
-    if kind == "pca":
-        return {k: v for k, v in params.items() if k in PCA_PARAMS or k.startswith("data.")}
-    return {k: v for k, v in params.items() if kind in ONLY_FOR.get(k, {kind})}
+    carries = models.get(kind).carries
+    return {k: v for k, v in params.items() if carries(k)}
 
 
 def run_tags(spec: StudySpec, data: Datasets, device: torch.device, model: str, latent_dim: int) -> dict[str, Any]:
@@ -128,12 +122,8 @@ def trial_note(spec: StudySpec, number: int, params: Mapping[str, Any], covered:
 
 
 def baseline_note(kind: str, latent_dim: int, vae_run: str, vae_name: str) -> str:
-    what = {
-        "ae": "the VAE's encoder and decoder without the KL term, trained on reconstruction BCE with the same "
-              "data, epochs, optimizer and seed",
-        "pca": f"PCA with {latent_dim} components fitted on the training images, decoded linearly and clipped",
-    }[kind]
-    return (f"{MODEL_NAMES[kind]} baseline at latent size {latent_dim}: {what}. Compared with the best VAE "
+    what = models.get(kind).description.format(latent_dim=latent_dim)
+    return (f"{models.get(kind).title} baseline at latent size {latent_dim}: {what}. Compared with the best VAE "
             f"of that size, run `{vae_name}` ({vae_run}); samples come from a Gaussian fitted to its codes.")
 
 

@@ -10,6 +10,7 @@ from bench.summary import summarize
 
 
 def finalize(ctx: StudyContext, run_baselines: bool, report_dir: str | None) -> None:
+    ctx = ctx.with_best()  # the best trials, found once for every stage below
     summarize(ctx)
     if not run_baselines:
         return
@@ -35,11 +36,9 @@ def write_report(ctx: StudyContext, report_dir: str | None) -> None:
     """The comparison report, in `report_dir` (default reports/<study>) and on the parent run, printed."""
     from bench.describe import parent_note
     from bench.report import make_report, report_folder
-    from bench.trials import best_trial
 
     out = report_folder(ctx.spec.name, report_dir)
     report = make_report(ctx.tracker, ctx.spec.name, ctx.parent_run_id, out)
-    note = parent_note(ctx.spec, best_trial(ctx.study, ctx.spec), str(out), report.under_tuned)
-    ctx.tracker.set_note(ctx.parent_run_id, note)
+    ctx.tracker.set_note(ctx.parent_run_id, parent_note(ctx.spec, ctx.bests.trial, str(out), report.under_tuned))
     print("\n" + report.printed())  # the table is the result: printed with or without progress bars
     print(f"report: {out}/comparison.md")

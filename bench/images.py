@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from bench import tags as T
-from bench.baselines import generate_images, training_images
+from bench.baselines import training_images
+from bench.models import generate_images, get
 from vae.data import Datasets
 from vae.evaluate import image_grid, reconstruction_grid
 
@@ -20,7 +21,7 @@ FIT_IMAGES = 10_000  # training images whose codes the AE's and PCA's Gaussian i
 
 def image_grids(kind: str, model: torch.nn.Module, data: Datasets, seed: int) -> dict[str, torch.Tensor]:
     """{samples, reconstructions}: (3, H, W) grids in [0, 1]; samples drawn as bench.scores draws them."""
-    fit_x = training_images(data, seed, limit=FIT_IMAGES) if kind != "vae" else None  # the VAE uses its prior
+    fit_x = None if get(kind).has_prior else training_images(data, seed, limit=FIT_IMAGES)
     samples = generate_images(kind, model, fit_x, N_SAMPLES, seed)
     return {
         T.SAMPLES: image_grid(samples),

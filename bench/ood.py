@@ -17,6 +17,7 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.metrics import OOD_AUROC
+from bench.models import get
 from vae.data import DataError, check_data, load_data
 from vae.evaluate import iwae_nll_per_image, map_batches
 from vae.loss import bernoulli_nll
@@ -75,7 +76,7 @@ def recon_bce_per_image(model: nn.Module, x: torch.Tensor, batch_size: int = 200
 def novelty_scores(model: nn.Module, kind: str, x: torch.Tensor, iw_samples: int, seed: int = 0) -> torch.Tensor:
     """Per-image score, higher = less likely under the model: the VAE's IWAE NLL (k = iw_samples),
     the AE's and PCA's reconstruction BCE of the deterministic code. (N,) nats on the CPU."""
-    if kind == "vae":
+    if get(kind).bound:
         return iwae_nll_per_image(model, x, k=iw_samples, chunk=min(iw_samples, 500), seed=seed)
     return recon_bce_per_image(model, x)
 

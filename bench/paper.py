@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from bench.context import StudyContext
-from bench.trials import best_trial
 from vae.evaluate import iwae_nll_per_image, mean_and_se
 from vae.train import load_checkpoint
 
@@ -36,7 +35,7 @@ def score_paper_protocol(ctx: StudyContext, k: int = PAPER_IW_SAMPLES) -> dict[s
     """Score the study's best VAE with the paper's protocol on all of ctx.data.test unless its run already
     has the metric; returns what was logged (None when nothing was). `k` other than 5000 is for tests."""
     tracker = ctx.tracker
-    best = best_trial(ctx.study, ctx.spec)
+    best = ctx.bests.trial
     if best is None or "mlflow_run_id" not in best.user_attrs:
         return None
     run_id = best.user_attrs["mlflow_run_id"]

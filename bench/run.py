@@ -179,7 +179,7 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated) -> Outcome:
     from bench.storage import StaleTrialHandler, open_storage
     from bench.study import FINISHED_STATES, count, ensure_parent_run, open_study, recover_dead_local_trials, run_worker
     from bench.tracking import Tracker
-    from bench.workers import claim_finalizer, release_finalizer, spawn_workers, strip_flags
+    from bench.workers import abandon_finalizer, claim_finalizer, release_finalizer, spawn_workers, strip_flags
     from vae.data import load_data
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -206,6 +206,9 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated) -> Outcome:
         again = "their strata go on with the same proposals" if spec.strata_param else "queued them again"
         print(f"marked trials {recovered} as failed ({again}): their worker process is gone", file=sys.stderr)
     close_orphan_runs(study, tracker, parent)
+    swept = tracker.sweep_dead_runs(parent)
+    if swept:
+        print(f"closed {len(swept)} runs left RUNNING by a worker process that is gone", file=sys.stderr)
     tracker.set_status(parent, "RUNNING")
     children = []
     if v.workers > 1:
@@ -246,7 +249,19 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated) -> Outcome:
         seeds = spec.replicate_seeds if complete and not args.no_baselines else ()
         claim = claim_finalizer(study, finished, stage="+seeds" + ",".join(map(str, seeds)) if seeds else "")
         if claim:
-            finalize(ctx, run_baselines=complete and not args.no_baselines, report_dir=args.report_dir)
+            # every run the ending opens closes itself (Tracker.child_run); this closes the parent and
+            # frees the claim, so a rerun (or another worker) writes the ending again, skipping what is done
+            try:
+                finalize(ctx, run_baselines=complete and not args.no_baselines, report_dir=args.report_dir)
+            except KeyboardInterrupt:
+                abandon_finalizer(study, claim)
+                tracker.set_status(parent, "KILLED")
+                print("\ninterrupted while finishing the study; re-run the same command to finish it.", file=sys.stderr)
+                return Outcome(130, ctx, result.ran, trials_s, time.monotonic() - t1)
+            except BaseException as exc:
+                abandon_finalizer(study, claim)
+                tracker.close_if_running(parent, "FAILED", f"{type(exc).__name__}: {exc}"[:4000])
+                raise
             release_finalizer(study, claim)
         if count(study, running) == 0:
             tracker.set_status(parent, "FINISHED")

@@ -13,8 +13,9 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from bench.baselines import SAMPLERS, generate_images, training_images
+from bench.baselines import training_images
 from bench.metrics import COMPARED
+from bench.models import generate_images, get
 from bench.fd_classifier import FDClassifier, frechet_distance
 from bench.sample_quality import sample_quality
 from vae.data import Corruption, Datasets, binarize_once, corrupt
@@ -119,8 +120,7 @@ def score_model(
       generated images and features (bench.sample_quality.sample_quality).
     Deterministic for a given seed.
     """
-    if kind not in SAMPLERS:
-        raise ValueError(f"kind must be one of {sorted(SAMPLERS)}, got {kind!r}")
+    get(kind)  # ValueError for a kind the registry does not know, before any work
     if n_fd_samples < 2 or max_train_codes < 2:
         raise ValueError(f"n_fd_samples and max_train_codes must be >= 2, got {n_fd_samples}, {max_train_codes}")
     x, y = data.test.x, data.test.y

@@ -17,7 +17,6 @@ from bench import tags as T
 from bench.context import StudyContext
 from bench.describe import parent_note
 from bench.spec import StudySpec
-from bench.trials import best_trial
 
 
 def _plots(study: optuna.Study, spec: StudySpec) -> dict[str, Callable[[], object]]:
@@ -55,7 +54,7 @@ def summarize(ctx: StudyContext) -> None:
     import matplotlib.pyplot as plt
 
     study, spec, tracker, parent_run_id = ctx.study, ctx.spec, ctx.tracker, ctx.parent_run_id
-    best = best_trial(study, spec)
+    best = ctx.bests.trial
     tracker.set_note(parent_run_id, parent_note(spec, best))
     if best is not None:
         tags = {T.BEST_TRIAL: best.number, T.BEST_RUN_ID: best.user_attrs.get(T.RUN_ID_ATTR, ""),

@@ -37,6 +37,7 @@ GIT_COMMIT = "git_commit"  # the project's commit ('-dirty' with local changes)
 DATASET = "dataset"  # "mnist" or "fashion-mnist"
 DATASET_DIGEST = "dataset_digest"  # sha256 prefix of the raw image bytes (vae.data.Datasets.digest)
 DEVICE = "device"  # where the model was trained
+WORKER = "worker"  # on every run of every role: host:pid of the process that made it (bench.workers.worker_id)
 TORCH_VERSION = "torch_version"
 # MLflow's own tags
 NOTE = "mlflow.note.content"  # the description of a run or experiment, shown on its page

@@ -28,6 +28,7 @@ from bench import tags as T
 from bench.errors import BenchError, InfrastructureError
 from bench.outage import DEFAULT_TIMEOUT_S, Outage, transient
 from bench.redact import mask, password_env
+from bench.workers import dead_local_worker, worker_id
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ class Tracker:
     def create_parent_run(self, study: str, params: dict[str, Any], tags: dict[str, str], files: dict[str, str]) -> str:
         """A new study-level run with its parameters and files (name -> text) as artifacts."""
         run = self.client.create_run(
-            self.experiment_id, run_name=study, tags={T.ROLE: "study", T.STUDY: study, **tags}
+            self.experiment_id, run_name=study, tags={T.ROLE: "study", T.STUDY: study, **tags, T.WORKER: worker_id()}
         )
         rid = run.info.run_id
         self.client.log_batch(rid, params=[_param(k, v) for k, v in params.items()])
@@ -357,6 +358,17 @@ class Tracker:
         self.client.set_terminated(run_id, status)
         return True
 
+    def sweep_dead_runs(self, parent_id: str) -> list[str]:
+        """Close (FAILED) every RUNNING child of `parent_id` whose worker was a process on this host that
+        no longer exists (killed with -9, or its machine's power cut): a rerun leaves no run of any role
+        RUNNING for ever. Runs of live workers, and of workers on other hosts, are left to them. Returns the ids."""
+        closed = []
+        for run in self.find_runs(parent_id, status="RUNNING"):
+            worker = run.data.tags.get(T.WORKER, "")
+            if dead_local_worker(worker) and self.close_if_running(run.info.run_id, "FAILED", f"worker {worker} died with the run open"):
+                closed.append(run.info.run_id)
+        return closed
+
     # ----------------------------------------------------------- logging by run id
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -403,7 +415,8 @@ class Tracker:
         _retry_on_race(lambda: self.client.log_inputs(run_id, datasets=datasets))
 
     def register_model(self, model_uri: str, name: str, alias: str, run_id: str, description: str) -> str:
-        """Register `model_uri` as a new version of `name`, point `alias` at it; returns models:/name@alias."""
+        """Register `model_uri` as a version of `name` (once per run: a rerun reuses it), point `alias` at it;
+        returns models:/name@alias."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -413,7 +426,10 @@ class Tracker:
                 raise
         model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
         source = self.client.get_logged_model(model_id).artifact_location if model_id else model_uri
-        version = self.client.create_model_version(name, source, run_id=run_id, model_id=model_id, description=description)
+        # idempotent: a rerun after a crash between registering and tagging the run finds its version
+        known = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        version = max(known, key=lambda v: int(v.version)) if known else self.client.create_model_version(
+            name, source, run_id=run_id, model_id=model_id, description=description)
         self.client.set_registered_model_alias(name, alias, version.version)
         return f"models:/{name}@{alias}"
 
@@ -447,7 +463,7 @@ class Tracker:
             experiment_id=self.experiment_id,
             run_name=name,
             parent_run_id=parent_id,
-            tags={k: str(v) for k, v in tags.items()},
+            tags={**{k: str(v) for k, v in tags.items()}, T.WORKER: worker_id()},
         )
         child = ChildRun(self, active.info.run_id)
         status = "FAILED"

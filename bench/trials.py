@@ -8,6 +8,7 @@ compared model or a replicate is built exactly as its trial was.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import optuna
@@ -48,6 +49,18 @@ def best_trial(study: optuna.Study, spec: StudySpec) -> optuna.trial.FrozenTrial
     if spec.multi_objective:
         return pick_by_elbo(study.best_trials, spec.directions, spec.split)
     return study.best_trial
+
+
+@dataclass(frozen=True)
+class StudyBest:
+    """The study's best trial and its best trial at each latent size, at one state of the study."""
+
+    trial: optuna.trial.FrozenTrial | None  # best_trial
+    per_latent: dict[int, optuna.trial.FrozenTrial]  # best_per_latent, by latent size ascending
+
+    @classmethod
+    def of(cls, study: optuna.Study, spec: StudySpec) -> StudyBest:
+        return cls(best_trial(study, spec), best_per_latent(study, spec))
 
 
 def best_per_latent(study: optuna.Study, spec: StudySpec) -> dict[int, optuna.trial.FrozenTrial]:

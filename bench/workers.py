@@ -106,6 +106,11 @@ def release_finalizer(study: optuna.Study, key: str) -> None:
     study.set_user_attr(key, f"done by {worker_id()}")
 
 
+def abandon_finalizer(study: optuna.Study, key: str) -> None:
+    """Give the claim up unfinished (the ending failed or was stopped): the next worker or rerun takes it at once."""
+    study.set_user_attr(key, f"abandoned by {worker_id()}")
+
+
 def _claim_is_stale(held: str, stale_s: float) -> bool:
     """A claim (host:pid:nonce@time) is stale when its worker, on this host, is gone, or it is older than stale_s."""
     who, _, stamp = held.rpartition("@")

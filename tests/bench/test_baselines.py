@@ -10,15 +10,9 @@ import math
 import pytest
 import torch
 
-from bench.baselines import (
-    PCA_EPS,
-    FittedGaussianSampler,
-    PCAModel,
-    PriorSampler,
-    image_sampler,
-    train_baseline,
-    training_images,
-)
+from bench.baselines import PCA_EPS, FittedGaussianSampler, PCAModel, PriorSampler, training_images
+from bench.models import fit_model as train_baseline
+from bench.models import image_sampler
 from bench.scores import reconstruction_errors
 from vae.data import DataConfig, load_data
 from vae.model import VAE, Autoencoder, ModelConfig

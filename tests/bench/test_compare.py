@@ -1,4 +1,4 @@
-"""bench.compare's pool: the comparison's models computed in parallel processes equal those computed in one.
+"""bench.jobs' pool: the comparison's models computed in parallel processes equal those computed in one.
 
 A smoke-sized job list (a trained VAE's scores, an autoencoder trained and scored, PCA) with a stand-in
 feature classifier; the scores, the autoencoder's epoch metrics and its images are compared value by value.
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.metrics import COMPARED
-from bench.compare import Job, compute_jobs
+from bench.jobs import JobEnv, ModelJob, compute
 from bench.fd_classifier import FDClassifier, FeatureMLP
 from bench.pool import pool_size
 from vae.model import ModelConfig, build_model
@@ -21,13 +21,13 @@ TRAIN = TrainConfig(epochs=1, batch_size=128, seed=3)
 
 
 @pytest.fixture(scope="module")
-def jobs(data, tmp_path_factory) -> list[Job]:
+def jobs(data, tmp_path_factory) -> list[ModelJob]:
     seed_everything(TRAIN.seed)
     vae = build_model("vae", MODEL)
     fit(vae, data, TRAIN, progress=False)
     ckpt = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", vae, "vae", TRAIN)
-    return [Job(2, "vae", "run-a", MODEL, TRAIN, str(ckpt)), Job(2, "ae", "run-a", MODEL, TRAIN),
-            Job(2, "pca", "run-a", MODEL, TRAIN)]
+    return [ModelJob("vae", MODEL, TRAIN, str(ckpt), of_run="run-a"), ModelJob("ae", MODEL, TRAIN, of_run="run-a"),
+            ModelJob("pca", MODEL, TRAIN, of_run="run-a")]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,9 @@ def classifier(tmp_path_factory) -> FDClassifier:
 
 def test_two_processes_compute_what_one_computes(data, jobs, classifier, one_torch_thread):
     cpu = torch.device("cpu")
-    one = {(r.job.kind, r.job.latent): r for r in compute_jobs(jobs, data, classifier, cpu, 200, processes=1)}
-    two = {(r.job.kind, r.job.latent): r for r in compute_jobs(jobs, data, classifier, cpu, 200, processes=2)}
+    env = JobEnv(data, classifier, cpu, 200, 10, 100)
+    one = {(r.job.kind, r.job.latent): r for r in compute(jobs, env, processes=1)}
+    two = {(r.job.kind, r.job.latent): r for r in compute(jobs, env, processes=2)}
     assert sorted(one) == sorted(two) == [("ae", 2), ("pca", 2), ("vae", 2)]
     for key, a in one.items():
         b = two[key]

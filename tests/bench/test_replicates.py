@@ -57,17 +57,18 @@ def test_a_pca_replicate_is_fitted_on_images_binarized_with_its_seed(small_mnist
 
 def test_two_processes_compute_the_replicates_one_process_computes(small_mnist, one_torch_thread):
     from bench.fd_classifier import FDClassifier, FeatureMLP
-    from bench.replicates import ReplicateJob, _compute
+    from bench.jobs import JobEnv, compute
 
     torch.manual_seed(0)  # random features are features: the scores only need the same function everywhere
     classifier = FDClassifier(FeatureMLP().eval(), {}, None, from_cache=True)
     spec = load_spec("smoke")
     cfg = TrainConfig(epochs=1, batch_size=100, lr=1e-3, seed=0)
-    jobs = [ReplicateJob(Replicate(kind, 8, seed, "run-a", 0), TINY_MODEL, cfg) for seed in (1, 2) for kind in ("vae", "ae", "pca")]
+    jobs = [Replicate(kind, 8, seed, "run-a", 0).job(TINY_MODEL, cfg) for seed in (1, 2) for kind in ("vae", "ae", "pca")]
     cpu = torch.device("cpu")
-    one = {j.rep.key: (h, s) for j, h, s in _compute(jobs, spec, small_mnist, classifier, cpu, None, 1)}
-    two = {j.rep.key: (h, s) for j, h, s in _compute(jobs, spec, small_mnist, classifier, cpu, None, 2)}
-    assert sorted(one) == sorted(two) == sorted(j.rep.key for j in jobs)
+    env = JobEnv(small_mnist, classifier, cpu, spec.baselines.fd_samples, spec.eval.iw_samples, spec.eval.iw_images)
+    one = {r.job.key: (r.history, r.scores) for r in compute(jobs, env, 1)}
+    two = {r.job.key: (r.history, r.scores) for r in compute(jobs, env, 2)}
+    assert sorted(one) == sorted(two) == sorted(j.key for j in jobs)
     for key, (h1, s1) in one.items():
         h2, s2 = two[key]
         assert len(h1) == len(h2) == (0 if key[0] == "pca" else 1)
