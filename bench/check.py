@@ -15,13 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+from bench import tags as T
 from bench.errors import BenchError, HelpFormatter, cli_main
 from bench.outage import DEFAULT_TIMEOUT_S as DEFAULT_OUTAGE_S
 from bench.thresholds import ALPHA, DEFAULT_THRESHOLDS, FLOOR, POWER, GateReference, Verdict, write_reference
 
 EXIT_PASS, EXIT_REGRESSION = 0, 1
 CALIBRATION_SEEDS = list(range(100, 132))
-GATE_WORKER = "worker"  # on a gate's parent run: host:pid of its process, so a later gate closes it if it was left RUNNING
+GATE_WORKER = T.WORKER  # on a gate's parent run: host:pid of its process, so a later gate closes it if it was left RUNNING
 GATE_SIZE = 16  # seeds the gate trains: 1 nat detectable; about 75 s on 2 idle cores here (8 seeds: 36 s)
 
 

@@ -257,7 +257,7 @@ class Tracker:
     def create_parent_run(self, study: str, params: dict[str, Any], tags: dict[str, str], files: dict[str, str]) -> str:
         """A new study-level run with its parameters and files (name -> text) as artifacts."""
         run = self.client.create_run(
-            self.experiment_id, run_name=study, tags={T.ROLE: "study", T.STUDY: study, **tags, T.WORKER: worker_id()}
+            self.experiment_id, run_name=study, tags={T.ROLE: "study", T.STUDY: study, T.WORKER: worker_id(), **tags}
         )
         rid = run.info.run_id
         self.client.log_batch(rid, params=[_param(k, v) for k, v in params.items()])

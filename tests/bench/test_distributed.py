@@ -305,7 +305,8 @@ def test_a_joining_worker_does_not_propose_the_creators_configurations(tmp_path)
 def test_sigterm_ends_the_trial_as_killed_and_a_rerun_completes(tmp_path, data_root, new_db, mlflow_server, workers):
     study, storage, url = study_file(tmp_path), new_db(), mlflow_server.url
     name = study_name(study)
-    a = workers(tmp_path, run_args(study, storage, url, 1, "--epochs", "200"), data_root)
+    # long enough to be caught running; the rerun must use the same epochs (a resume with others is refused)
+    a = workers(tmp_path, run_args(study, storage, url, 1, "--epochs", "100"), data_root)
     trial = wait_for_running_trial(storage, worker=a)
     a.proc.send_signal(signal.SIGTERM)
     assert a.wait(timeout=120) == 130, a.stderr()
@@ -319,7 +320,7 @@ def test_sigterm_ends_the_trial_as_killed_and_a_rerun_completes(tmp_path, data_r
     assert "KeyboardInterrupt" in run.data.tags["fail_reason"]
     assert [p.info.status for p in parents] == ["KILLED"]
 
-    b = workers(tmp_path, run_args(study, storage, url, 1), data_root)
+    b = workers(tmp_path, run_args(study, storage, url, 1, "--epochs", "100"), data_root)
     assert b.wait() == 0, b.stderr()
     study_obj, _ = check_study(storage, url, name, 1)
     assert [t.state for t in study_obj.trials] == [TrialState.FAIL, TrialState.COMPLETE]
@@ -447,12 +448,16 @@ def test_a_waiting_worker_recovers_a_local_worker_killed_mid_trial(tmp_path, dat
     """Journal file, no heartbeats: B has run its share and waits on A's trial when A is SIGKILLed."""
     study, tracking = study_file(tmp_path), f"sqlite:///{tmp_path / 'mlflow.db'}"
     path = tmp_path / "optuna.journal"
-    a = workers(tmp_path, run_args(study, str(path), tracking, 2, "--epochs", "500"), data_root)
+    # both with the same settings (a worker joining with others is refused); A is stopped (SIGSTOP) mid-trial,
+    # so it is still RUNNING when B has run its share
+    args = run_args(study, str(path), tracking, 2, "--epochs", "20")
+    a = workers(tmp_path, args, data_root)
     killed = wait_for_running_trial(journal(path), worker=a)
-    b = workers(tmp_path, run_args(study, str(path), tracking, 2), data_root)
-    # B ran the other trial while A trains: now it only waits for A's
+    a.proc.send_signal(signal.SIGSTOP)
+    b = workers(tmp_path, args, data_root)
+    # B ran the other trial while A is stopped: now it only waits for A's
     wait_for(lambda: load(journal(path)).get_trials(states=FINISHED), 180, "B's trial")
-    assert a.proc.poll() is None, "A finished its 500-epoch trial: make it longer"
+    assert a.proc.poll() is None
     a.kill()
     assert b.wait(timeout=120) == 0, b.stderr()
 
@@ -471,11 +476,11 @@ def test_a_waiting_worker_recovers_a_local_worker_killed_mid_trial(tmp_path, dat
 @needs_postgres
 def test_a_worker_killed_mid_trial_is_retried_and_its_run_closed(tmp_path, data_root, new_db, mlflow_server, workers):
     study, storage, url = study_file(tmp_path), new_db(), mlflow_server.url
-    a = workers(tmp_path, run_args(study, storage, url, 2, "--epochs", "500"), data_root)
+    a = workers(tmp_path, run_args(study, storage, url, 2, "--epochs", "100"), data_root)
     killed = wait_for_running_trial(storage, worker=a)
     a.proc.send_signal(signal.SIGKILL)
     assert a.wait(timeout=30) == -signal.SIGKILL
-    b = workers(tmp_path, run_args(study, storage, url, 2), data_root)
+    b = workers(tmp_path, run_args(study, storage, url, 2, "--epochs", "100"), data_root)  # the same settings
     assert b.wait() == 0, b.stderr()
 
     study_obj, trial_runs = check_study(storage, url, study_name(study), 2)
@@ -521,11 +526,12 @@ def test_a_hung_worker_loses_its_trial_to_the_heartbeat(tmp_path, data_root, new
     from bench.storage import GRACE_PERIOD_S
 
     study, storage, url = study_file(tmp_path), new_db(), mlflow_server.url
-    a = workers(tmp_path, run_args(study, storage, url, 2, "--epochs", "500"), data_root)
+    args = run_args(study, storage, url, 2, "--epochs", "20")  # the same for both: a joiner with others is refused
+    a = workers(tmp_path, args, data_root)
     hung = wait_for_running_trial(storage, worker=a)
     freeze(a, storage.rsplit("/", 1)[1])
     frozen_at = time.monotonic()
-    b = workers(tmp_path, run_args(study, storage, url, 2), data_root)
+    b = workers(tmp_path, args, data_root)
     try:
         assert b.wait() == 0, b.stderr()
     finally:
