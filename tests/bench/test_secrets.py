@@ -76,17 +76,18 @@ def test_spawned_workers_get_the_password_in_their_environment_not_their_argv(tm
 
 
 def test_error_lines_mask_the_password(tmp_path):
+    # exit 3: a service that cannot be reached (infrastructure), 2: bad input (README, exit codes)
     cases = [
         (["--storage", f"postgresql://optuna:{SECRET}@127.0.0.1:1/optuna"],
-         "cannot reach the Optuna storage postgresql://optuna:***@127.0.0.1:1/optuna"),
+         "cannot reach the Optuna storage postgresql://optuna:***@127.0.0.1:1/optuna", 3),
         (["--storage", f"mongodb://optuna:{SECRET}@127.0.0.1/optuna"],
-         "--storage 'mongodb://optuna:***@127.0.0.1/optuna': unsupported scheme 'mongodb'"),
+         "--storage 'mongodb://optuna:***@127.0.0.1/optuna': unsupported scheme 'mongodb'", 2),
         (["--tracking-uri", f"http://bob:{SECRET}@127.0.0.1:1"],
-         "cannot reach the MLflow tracking server http://127.0.0.1:1"),
+         "cannot reach the MLflow tracking server http://127.0.0.1:1", 3),
     ]
-    for args, expected in cases:
+    for args, expected, code in cases:
         proc = run_cli(["--study", "smoke", "--no-progress", "--workers", "1", *args], tmp_path, timeout=180)
-        assert proc.returncode == 2, proc.stderr
+        assert proc.returncode == code, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], lines
         assert SECRET not in proc.stdout + proc.stderr
