@@ -74,6 +74,13 @@ class Split:
     def to(self, device: torch.device | str) -> "Split":
         return Split(self.x.to(device), self.y.to(device), self.dynamic)
 
+    def shuffled_order(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The order of one shuffled epoch, (n,) indices on the CPU: every training path (batches(), the fused
+        step's epoch in vae.train) takes it from here, so they see the same order."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator, device="cpu")
+        return order
+
     def batches(
         self,
         batch_size: int,
@@ -88,7 +95,7 @@ class Split:
         (on the data's device; None: torch's global one) draws the dynamic binarization.
         """
         n = len(self)
-        order = torch.randperm(n, generator=generator, device="cpu").to(self.x.device) if shuffle else None
+        order = self.shuffled_order(generator).to(self.x.device) if shuffle else None
         for start in range(0, n, batch_size):
             # index_select copies whole rows; x[idx] goes through the general indexing kernel, slower
             xb = self.x.index_select(0, order[start : start + batch_size]) if order is not None else self.x[start : start + batch_size]

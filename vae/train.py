@@ -303,7 +303,7 @@ def _fused_epoch(
     """One epoch of fused steps, drawing exactly what Split.batches and VAE.loss draw, in the same order
     (shuffle from shuffle_gen; binarization, then z noise, per batch from noise_gen); the train/<term> means."""
     n, bs = len(train), config.batch_size
-    order = torch.randperm(n, generator=shuffle_gen, device="cpu")
+    order = train.shuffled_order(shuffle_gen)
     sums = torch.zeros(2, dtype=fs.terms.dtype)  # BCE and 2 * KL, summed over the epoch's images
     for step, start in enumerate(range(0, n, bs)):
         idx = order[start : start + bs]
