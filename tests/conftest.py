@@ -18,6 +18,15 @@ from vae.model import build_model
 from vae.train import TrainConfig, fit, seed_everything
 
 
+MAX_TEST_PROCESSES = 4  # many tests start 2-3 processes of their own; more in parallel only thrash
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject's addopts): one test process per core the scheduler gives us, at most MAX_TEST_PROCESSES."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_TEST_PROCESSES, cores))
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """The data folder: $VAE_DATA_DIR, else ./data (see tests.helpers.data_folder)."""

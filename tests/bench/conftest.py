@@ -6,10 +6,13 @@ once, so later tests may resume it freely; the helpers it uses are in tests/benc
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from typing import Iterator
 
 import pytest
+from filelock import FileLock
 
 from tests.bench.helpers import Smoke, StudyRun, run_cli
 
@@ -27,10 +30,20 @@ def smoke(tmp_path_factory, data_root) -> Smoke:
 @pytest.fixture(scope="session")
 def smoke_compared(tmp_path_factory, data_root) -> StudyRun:
     """The smoke study with its baselines and report (as `python -m bench.run --study smoke` runs it),
-    once per session; tests read it and must not resume it."""
-    run = StudyRun(tmp_path_factory.mktemp("compared"), "smoke")
-    args = [a for a in run.args("smoke") if a != "--no-baselines"]
-    proc = run_cli(args, run.cwd)
+    once per test run: the first test process to need it runs it, the others (pytest-xdist) wait for
+    it and read the same folder. Tests read it and must not resume it."""
+    base = tmp_path_factory.getbasetemp()  # under pytest-xdist, <the test run's folder>/popen-gwN
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    run = StudyRun(shared / "compared", "smoke")
+    with FileLock(str(shared / "compared.lock")):
+        done = shared / "compared.json"
+        if not done.exists():
+            run.cwd.mkdir()
+            args = [a for a in run.args("smoke") if a != "--no-baselines"]
+            proc = run_cli(args, run.cwd)
+            done.write_text(json.dumps({"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}))
+    result = json.loads(done.read_text())
+    proc = subprocess.CompletedProcess(args=["bench.run"], **result)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     run.proc = proc
     return run

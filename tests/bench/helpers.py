@@ -43,6 +43,35 @@ def run_cli(args: list[str], cwd: Path, timeout: float = CLI_TIMEOUT_S) -> subpr
     )
 
 
+def main_in_process(module: str, argv: list[str], capfd, monkeypatch, cwd: Path | None = None) -> tuple[int, str, str]:
+    """`python -m <module> *argv` as a call of the module's main(argv) in this process, in `cwd`:
+    (exit code, stdout, stderr) as the file descriptors saw them. capfd, not capsys: a library's
+    logging handler bound to the real stderr writes to fd 2, and is seen here as a subprocess's would be.
+    For error paths and --help, which return before any worker starts; a subprocess costs 5-10 s of
+    interpreter and import start-up on a 2-core AMD EPYC, this a fraction of a second after the first."""
+    import importlib
+    import signal
+
+    main = importlib.import_module(module).main
+    uri_before = os.environ.get("MLFLOW_TRACKING_URI")
+    if cwd is not None:
+        monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("COLUMNS", "1000")  # as cli_env(): argparse help on one line per flag
+    monkeypatch.setenv("VAE_DATA_DIR", str(data_folder()))
+    sigterm = signal.getsignal(signal.SIGTERM)  # bench.run's main installs its own handler
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+        if "mlflow" in sys.modules:  # a main that set MLflow's process-wide URI must not leak it to later tests
+            sys.modules["mlflow"].set_tracking_uri(uri_before)
+    out, err = capfd.readouterr()
+    return code or 0, out, err
+
+
 @dataclass
 class StudyRun:
     """One study run through the CLI against an MLflow sqlite store and an Optuna journal in `cwd`."""

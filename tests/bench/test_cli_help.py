@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 
-from tests.bench.helpers import REPO, cli_env
+from tests.bench.helpers import REPO, main_in_process
 
 COMMANDS = ("run", "report", "check", "perf", "perf.overhead", "perf.scale", "perf.replicates", "perf.step_ab",
             "perf.gpu_check")
@@ -32,13 +30,12 @@ def flag_blocks(help_text: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_help_gives_every_flag_one_default(command):
-    proc = subprocess.run(
-        [sys.executable, "-m", f"bench.{command}", "--help"],
-        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    blocks = flag_blocks(proc.stdout)
-    assert len(blocks) >= 4, proc.stdout
+def test_help_gives_every_flag_one_default(command, capfd, monkeypatch):
+    # each command's main in this process (test_run.py runs `python -m bench.run --help` for real)
+    module = "bench.perf.__main__" if command == "perf" else f"bench.{command}"
+    code, out, err = main_in_process(module, ["--help"], capfd, monkeypatch, REPO)
+    assert code == 0, err
+    blocks = flag_blocks(out)
+    assert len(blocks) >= 4, out
     for flag, text in blocks.items():
         assert text.count("(default") == 1, f"bench.{command} {flag}: {text!r}"

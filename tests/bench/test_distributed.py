@@ -302,6 +302,7 @@ def test_a_joining_worker_does_not_propose_the_creators_configurations(tmp_path)
 
 
 @needs_postgres
+@pytest.mark.slow  # a crash or multi-worker run: 80-95 s on an idle 2-core AMD EPYC
 def test_sigterm_ends_the_trial_as_killed_and_a_rerun_completes(tmp_path, data_root, new_db, mlflow_server, workers):
     study, storage, url = study_file(tmp_path), new_db(), mlflow_server.url
     name = study_name(study)
@@ -474,6 +475,7 @@ def test_a_waiting_worker_recovers_a_local_worker_killed_mid_trial(tmp_path, dat
 
 
 @needs_postgres
+@pytest.mark.slow  # a crash or multi-worker run: ~85 s on an idle 2-core AMD EPYC
 def test_a_worker_killed_mid_trial_is_retried_and_its_run_closed(tmp_path, data_root, new_db, mlflow_server, workers):
     study, storage, url = study_file(tmp_path), new_db(), mlflow_server.url
     a = workers(tmp_path, run_args(study, storage, url, 2, "--epochs", "100"), data_root)
@@ -556,6 +558,7 @@ def start_together(workers, n: int, cwd: Path, args: list[str], data_dir: Path) 
 
 
 @needs_postgres
+@pytest.mark.slow  # two workers and a study on one core each: ~90 s on an idle 2-core AMD EPYC
 def test_two_workers_share_a_study_on_postgres_and_an_mlflow_server(tmp_path, data_root, new_db, mlflow_server, workers):
     study, storage, url = study_file(tmp_path, epochs=20, limit=2000, prune=False), new_db(), mlflow_server.url
     ws = start_together(workers, 2, tmp_path, run_args(study, storage, url, 4), data_root)
@@ -578,6 +581,7 @@ def test_four_workers_started_at_once_make_one_parent_run(tmp_path, data_root, n
     check_study(storage, url, study_name(study), 6)
 
 
+@pytest.mark.slow  # a crash or multi-worker run: ~65 s on an idle 2-core AMD EPYC
 def test_local_workers_share_the_default_journal_and_a_sqlite_store(tmp_path, data_root, workers):
     """`--workers 2` with no --storage: two processes on ./optuna.journal in the working directory."""
     # trials long enough that worker 0 is still busy when worker 1 has imported torch and loaded the data

@@ -15,7 +15,7 @@ import pytest
 
 from bench.redact import mask, move_passwords, password_env
 from bench.workers import spawn_workers
-from tests.bench.helpers import cli_env, run_cli
+from tests.bench.helpers import cli_env, main_in_process
 from tests.bench.services import (
     create_database,
     db_url,
@@ -75,7 +75,7 @@ def test_spawned_workers_get_the_password_in_their_environment_not_their_argv(tm
             assert p.returncode == 2 and b"unknown study 'no-such-study'" in err
 
 
-def test_error_lines_mask_the_password(tmp_path):
+def test_error_lines_mask_the_password(tmp_path, capfd, monkeypatch):
     # exit 3: a service that cannot be reached (infrastructure), 2: bad input (README, exit codes)
     cases = [
         (["--storage", f"postgresql://optuna:{SECRET}@127.0.0.1:1/optuna"],
@@ -86,11 +86,13 @@ def test_error_lines_mask_the_password(tmp_path):
          "cannot reach the MLflow tracking server http://127.0.0.1:1", 3),
     ]
     for args, expected, code in cases:
-        proc = run_cli(["--study", "smoke", "--no-progress", "--workers", "1", *args], tmp_path, timeout=180)
-        assert proc.returncode == code, proc.stderr
-        lines = proc.stderr.strip().splitlines()
+        # in this process: test_run's bad-input table runs these checks through the real subprocess too
+        rc, out, err = main_in_process("bench.run", ["--study", "smoke", "--no-progress", "--workers", "1", *args],
+                                       capfd, monkeypatch, tmp_path)
+        assert rc == code, err
+        lines = err.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], lines
-        assert SECRET not in proc.stdout + proc.stderr
+        assert SECRET not in out + err
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
 
 
