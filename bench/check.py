@@ -15,14 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from bench import tags as T
 from bench.errors import BenchError, HelpFormatter, cli_main
 from bench.outage import DEFAULT_TIMEOUT_S as DEFAULT_OUTAGE_S
 from bench.thresholds import ALPHA, DEFAULT_THRESHOLDS, FLOOR, POWER, GateReference, Verdict, write_reference
 
 EXIT_PASS, EXIT_REGRESSION = 0, 1
 CALIBRATION_SEEDS = list(range(100, 132))
-GATE_WORKER = T.WORKER  # on a gate's parent run: host:pid of its process, so a later gate closes it if it was left RUNNING
 GATE_SIZE = 16  # seeds the gate trains: 1 nat detectable; about 75 s on 2 idle cores here (8 seeds: 36 s)
 
 
@@ -90,13 +88,12 @@ def measure_and_log(spec, seeds: list[int], root: str, uri: str, workers: int | 
     from bench import tags as T
     from bench.pool import pool_size
     from bench.tracking import Tracker
-    from bench.workers import worker_id
 
     tracker = Tracker(uri, spec.name, outage_timeout_s)
     close_abandoned_gates(tracker)
     parent = tracker.create_parent_run(
         spec.name, {"seeds": ",".join(map(str, seeds)), "epochs": spec.train.epochs, "limit": spec.data.limit},
-        {T.GATE: "true", GATE_WORKER: worker_id(), **tags}, {f"study/{spec.name}.toml": spec.text or ""},
+        {T.GATE: "true", **tags}, {f"study/{spec.name}.toml": spec.text or ""},
     )
     bar = tqdm(total=len(seeds), desc="gate seeds", unit="seed", disable=not progress)
 
@@ -127,7 +124,7 @@ def close_abandoned_gates(tracker) -> None:
     from bench.workers import dead_local_worker
 
     for parent in tracker.find_runs(tags={T.GATE: "true"}, status="RUNNING"):
-        if dead_local_worker(parent.data.tags.get(GATE_WORKER, "")):
+        if dead_local_worker(parent.data.tags.get(T.WORKER, "")):
             for child in tracker.find_runs(parent=parent.info.run_id, status="RUNNING"):
                 tracker.close_if_running(child.info.run_id, "FAILED", "its gate ended before the run was closed")
             tracker.close_if_running(parent.info.run_id, "FAILED", "the gate ended before the run was closed")

@@ -104,13 +104,12 @@ def expected_best_table(
 def expected_best_figure(points: pd.DataFrame, metric: str = METRIC):
     """Expected best validation ELBO against the number of trials, one line and band per latent size."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for latent, g in points.groupby("latent_dim"):
         line, = ax.plot(g["n"], g["expected_best"], marker="o", ms=3, label=f"latent {latent}")
         ax.fill_between(g["n"], g["band_low"], g["band_high"], color=line.get_color(), alpha=0.15)
-    from matplotlib.ticker import MaxNLocator
-
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # n counts trials: no 1.2 trials
     ax.set_xlabel("trials n")
     ax.set_ylabel(f"expected best {metric} (nats, higher is better)")

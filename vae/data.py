@@ -77,9 +77,7 @@ class Split:
     def shuffled_order(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """The order of one shuffled epoch, (n,) indices on the CPU: every training path (batches(), the fused
         step's epoch in vae.train) takes it from here, so they see the same order."""
-        n = len(self)
-        order = torch.randperm(n, generator=generator, device="cpu")
-        return order
+        return torch.randperm(len(self), generator=generator, device="cpu")
 
     def batches(
         self,

@@ -21,14 +21,17 @@ TEST_STUDIES = Path(__file__).resolve().parent / "studies"
 CLI_TIMEOUT_S = 900  # one smoke study takes ~50 s on 2 busy cores; a hang must still end
 
 
+def cli_settings() -> dict[str, str]:
+    """What every CLI run in the tests gets in its environment, in a subprocess or in this process."""
+    return {"VAE_DATA_DIR": str(data_folder()), "COLUMNS": "1000"}  # COLUMNS: argparse help on one line per flag
+
+
 def cli_env() -> dict[str, str]:
     """The environment of a CLI subprocess: this checkout first on the path, no inherited MLflow URI."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env["VAE_DATA_DIR"] = str(data_folder())
     env.pop("MLFLOW_TRACKING_URI", None)
-    env["COLUMNS"] = "1000"  # argparse help on one line per flag
-    return env
+    return env | cli_settings()
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess:
@@ -57,8 +60,8 @@ def main_in_process(module: str, argv: list[str], capfd, monkeypatch, cwd: Path 
     if cwd is not None:
         monkeypatch.chdir(cwd)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("COLUMNS", "1000")  # as cli_env(): argparse help on one line per flag
-    monkeypatch.setenv("VAE_DATA_DIR", str(data_folder()))
+    for key, value in cli_settings().items():
+        monkeypatch.setenv(key, value)
     sigterm = signal.getsignal(signal.SIGTERM)  # bench.run's main installs its own handler
     try:
         code = main(argv)

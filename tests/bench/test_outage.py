@@ -130,7 +130,8 @@ def test_the_gate_refuses_truncated_data_in_one_line_before_its_pool_starts(tmp_
 
 
 def test_a_gate_left_running_by_a_dead_gate_is_closed_as_infrastructure_by_the_next(tmp_path, restore_mlflow_uri):
-    from bench.check import GATE_WORKER, close_abandoned_gates
+    from bench import tags as T
+    from bench.check import close_abandoned_gates
     from bench.tracking import Tracker
     from bench.workers import worker_id
 
@@ -138,9 +139,9 @@ def test_a_gate_left_running_by_a_dead_gate_is_closed_as_infrastructure_by_the_n
     dead.wait()
     host = worker_id().rsplit(":", 1)[0]
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "ci")
-    gone = tracker.create_parent_run("ci", {}, {"vaebench.gate": "true", GATE_WORKER: f"{host}:{dead.pid}"}, {})
+    gone = tracker.create_parent_run("ci", {}, {"vaebench.gate": "true", T.WORKER: f"{host}:{dead.pid}"}, {})
     child = tracker.client.create_run(tracker.experiment_id, tags={"mlflow.parentRunId": gone}).info.run_id
-    alive = tracker.create_parent_run("ci", {}, {"vaebench.gate": "true", GATE_WORKER: worker_id()}, {})
+    alive = tracker.create_parent_run("ci", {}, {"vaebench.gate": "true", T.WORKER: worker_id()}, {})
 
     close_abandoned_gates(tracker)
     for rid in (gone, child):
