@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 from filelock import FileLock
 
-from tests.bench.helpers import Smoke, StudyRun, run_cli
+from tests.bench.helpers import CLI_TIMEOUT_S, Smoke, StudyRun, run_cli
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +35,8 @@ def smoke_compared(tmp_path_factory, data_root) -> StudyRun:
     base = tmp_path_factory.getbasetemp()  # under pytest-xdist, <the test run's folder>/popen-gwN
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     run = StudyRun(shared / "compared", "smoke")
-    with FileLock(str(shared / "compared.lock")):
+    # bounded: the process holding the lock runs the CLI with CLI_TIMEOUT_S; the OS frees the lock if it dies
+    with FileLock(str(shared / "compared.lock"), timeout=CLI_TIMEOUT_S + 60):
         done = shared / "compared.json"
         if not done.exists():
             run.cwd.mkdir()
