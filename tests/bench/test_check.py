@@ -104,8 +104,31 @@ def _planted_study(tmp_path: Path, **train: object) -> Path:
     return path
 
 
-def _planted_code(tmp_path: Path, file: str, old: str, new: str) -> Path:
-    """A copy of the code with one line changed; fails loudly if the line is not there any more."""
+# A copy of the code with one line changed: (file, line as it is, line as planted).
+CODE_PLANTS = {
+    "label_sorted_batches": (  # every batch one digit class: a broken data order
+        "vae/data.py",
+        'return torch.randperm(len(self), generator=generator, device="cpu")',
+        "return torch.argsort(self.y.cpu(), stable=True)",
+    ),
+    "inflated_elbo": (  # the reported ELBO drops a tenth of the KL: 1.5 nats too good, its terms unchanged
+        "vae/evaluate.py",
+        'return {"elbo": -(recon + kl) / n, "recon_bce": recon / n, "kl": kl / n}',
+        'return {"elbo": -(recon + 0.9 * kl) / n, "recon_bce": recon / n, "kl": kl / n}',
+    ),
+}
+
+
+@pytest.mark.parametrize("plant", sorted(CODE_PLANTS))
+def test_planted_line_is_still_in_the_code(plant):
+    """The slow gate test plants its regressions by text; a refactor that moves the line must fail here, fast."""
+    file, old, _ = CODE_PLANTS[plant]
+    assert (ROOT / file).read_text().count(old) == 1, f"the planted line is no longer in {file}: {old!r}"
+
+
+def _planted_code(tmp_path: Path, plant: str) -> Path:
+    """A copy of the code with the plant's one line changed."""
+    file, old, new = CODE_PLANTS[plant]
     code = tmp_path / "code"
     for pkg in ("vae", "bench", "studies"):
         shutil.copytree(ROOT / pkg, code / pkg, ignore=shutil.ignore_patterns("__pycache__"))
@@ -123,16 +146,8 @@ def test_planted_regression_fails_the_gate(tmp_path, plant):
         proc = gate(tmp_path, "--study", str(_planted_study(tmp_path, lr="7e-4")))
     elif plant == "shorter_schedule":
         proc = gate(tmp_path, "--study", str(_planted_study(tmp_path, epochs=3)))
-    elif plant == "label_sorted_batches":  # every batch one digit class: a broken data order
-        code = _planted_code(tmp_path, "vae/data.py",
-                             "order = torch.randperm(n, generator=generator, device=\"cpu\")",
-                             "order = torch.argsort(self.y.cpu(), stable=True)")
-        proc = gate(tmp_path, code=code)
-    else:  # the reported ELBO drops a tenth of the KL: 1.5 nats too good, its terms unchanged
-        code = _planted_code(tmp_path, "vae/evaluate.py",
-                             'return {"elbo": -(recon + kl) / n, "recon_bce": recon / n, "kl": kl / n}',
-                             'return {"elbo": -(recon + 0.9 * kl) / n, "recon_bce": recon / n, "kl": kl / n}')
-        proc = gate(tmp_path, code=code)
+    else:
+        proc = gate(tmp_path, code=_planted_code(tmp_path, plant))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     rows = table_rows(proc.stdout)
     assert set(rows) == set(GATED)
