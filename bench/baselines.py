@@ -10,8 +10,8 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from torch import nn
 from sklearn.decomposition import PCA
+from torch import nn
 
 from vae.data import Datasets, binarize_once
 from vae.evaluate import encode, eval_mode
@@ -45,7 +45,7 @@ class PCAModel(nn.Module):
         self.register_buffer("explained_variance_ratio", explained_variance_ratio.float())  # (k,)
 
     @classmethod
-    def fit(cls, x: torch.Tensor, latent_dim: int, seed: int = 0) -> "PCAModel":
+    def fit(cls, x: torch.Tensor, latent_dim: int, seed: int = 0) -> PCAModel:
         """Fit `latent_dim` components to training images x (N, 784) in [0, 1] with scikit-learn.
 
         The "covariance_eigh" solver (784 x 784 covariance, then eigh) is exact, fast for N >> 784
@@ -126,7 +126,7 @@ class FittedGaussianSampler:
         self.chol = torch.linalg.cholesky(self.cov + jitter * eye)  # (L, L), lower triangular
 
     @classmethod
-    def fit(cls, model: nn.Module, x: torch.Tensor) -> "FittedGaussianSampler":
+    def fit(cls, model: nn.Module, x: torch.Tensor) -> FittedGaussianSampler:
         """Fit the Gaussian to the codes of training images x (N, 784), N >= 2."""
         z = encode(model, x).double()  # (N, L)
         if z.shape[0] < 2:
@@ -144,4 +144,6 @@ class FittedGaussianSampler:
         dev = next(self.model.parameters()).device
         z = self.sample_codes(n, generator).float()
         with eval_mode(self.model):
-            return torch.cat([torch.sigmoid(self.model.decode(zb.to(dev))).float().cpu() for zb in z.split(SAMPLE_CHUNK)])
+            return torch.cat(
+                [torch.sigmoid(self.model.decode(zb.to(dev))).float().cpu() for zb in z.split(SAMPLE_CHUNK)]
+            )

@@ -33,17 +33,47 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--study", default="ci", help="the gate's study (name in studies/ or a .toml path)")
-    p.add_argument("--thresholds", default=str(DEFAULT_THRESHOLDS), help="the reference file (TOML) written by --calibrate")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's default sqlite:///mlflow.db)")
+    p.add_argument(
+        "--thresholds", default=str(DEFAULT_THRESHOLDS), help="the reference file (TOML) written by --calibrate"
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's default sqlite:///mlflow.db)",
+    )
     p.add_argument("--data-dir", default=None, help="data folder (default: $VAE_DATA_DIR, else ./data)")
-    p.add_argument("--workers", type=int, default=None, help="single-thread processes training seeds side by side (default: one per CPU core, at most one per seed)")
-    p.add_argument("--calibrate", action="store_true", help="instead of gating, train every --calibration-seeds seed and write --thresholds")
-    p.add_argument("--calibration-seeds", type=int, nargs="+", default=CALIBRATION_SEEDS,
-                   help="seeds for --calibrate (default: 100 to 131)")
-    p.add_argument("--gate-size", type=int, default=GATE_SIZE,
-                   help="with --calibrate: how many of the calibration seeds the gate trains (those whose means sit closest to the calibration means)")
-    p.add_argument("--outage-timeout", type=float, default=DEFAULT_OUTAGE_S, metavar="SECONDS",
-                   help="how long to wait out an unreachable MLflow tracking store before ending with exit code 3")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="single-thread processes training seeds side by side (default: one per CPU core, at most one per seed)",
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="instead of gating, train every --calibration-seeds seed and write --thresholds",
+    )
+    p.add_argument(
+        "--calibration-seeds",
+        type=int,
+        nargs="+",
+        default=CALIBRATION_SEEDS,
+        help="seeds for --calibrate (default: 100 to 131)",
+    )
+    p.add_argument(
+        "--gate-size",
+        type=int,
+        default=GATE_SIZE,
+        help="with --calibrate: how many of the calibration seeds the gate trains "
+        "(those whose means sit closest to the calibration means)",
+    )
+    p.add_argument(
+        "--outage-timeout",
+        type=float,
+        default=DEFAULT_OUTAGE_S,
+        metavar="SECONDS",
+        help="how long to wait out an unreachable MLflow tracking store before ending with exit code 3",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -51,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 def validate(args: argparse.Namespace):
     """Everything that can be checked before anything is written: spec, reference, data, tracking."""
     from bench.spec import load_spec
-    from bench.tracking import check_tracking_uri, resolve_tracking_uri
     from bench.thresholds import load_reference
+    from bench.tracking import check_tracking_uri, resolve_tracking_uri
     from vae.data import DataError, check_data
 
     spec = load_spec(args.study)
@@ -68,8 +98,10 @@ def validate(args: argparse.Namespace):
         if args.gate_size < 2:
             raise BenchError(f"--gate-size must be at least 2, got {args.gate_size}")
         if len(seeds) < args.gate_size + 3:
-            raise BenchError(f"--calibration-seeds needs at least --gate-size + 3 = {args.gate_size + 3} seeds "
-                             "to estimate the false-alarm rate")
+            raise BenchError(
+                f"--calibration-seeds needs at least --gate-size + 3 = {args.gate_size + 3} seeds "
+                "to estimate the false-alarm rate"
+            )
     try:
         root = check_data(spec.data.dataset, args.data_dir)
     except DataError as exc:
@@ -79,21 +111,31 @@ def validate(args: argparse.Namespace):
     return spec, ref, str(root), uri
 
 
-def measure_and_log(spec, seeds: list[int], root: str, uri: str, workers: int | None, progress: bool, tags: dict[str, str],
-                    outage_timeout_s: float = DEFAULT_OUTAGE_S):
+def measure_and_log(
+    spec,
+    seeds: list[int],
+    root: str,
+    uri: str,
+    workers: int | None,
+    progress: bool,
+    tags: dict[str, str],
+    outage_timeout_s: float = DEFAULT_OUTAGE_S,
+):
     """Train every seed (in parallel processes), log one child run per (model, seed) under a gate run."""
     from tqdm.auto import tqdm
 
-    from bench.gate import measure
     from bench import tags as T
+    from bench.gate import measure
     from bench.pool import pool_size
     from bench.tracking import Tracker
 
     tracker = Tracker(uri, spec.name, outage_timeout_s)
     close_abandoned_gates(tracker)
     parent = tracker.create_parent_run(
-        spec.name, {"seeds": ",".join(map(str, seeds)), "epochs": spec.train.epochs, "limit": spec.data.limit},
-        {T.GATE: "true", **tags}, {f"study/{spec.name}.toml": spec.text or ""},
+        spec.name,
+        {"seeds": ",".join(map(str, seeds)), "epochs": spec.train.epochs, "limit": spec.data.limit},
+        {T.GATE: "true", **tags},
+        {f"study/{spec.name}.toml": spec.text or ""},
     )
     bar = tqdm(total=len(seeds), desc="gate seeds", unit="seed", disable=not progress)
 
@@ -101,8 +143,12 @@ def measure_and_log(spec, seeds: list[int], root: str, uri: str, workers: int | 
         models = sorted({m for m, _ in res.values})
         for model in models:
             metrics = {k: v for (m, k), v in res.values.items() if m == model}
-            with tracker.child_run(parent, f"{model}-seed{res.seed}", {"seed": res.seed},
-                                   {T.ROLE: T.GATE_ROLE, T.MODEL: model, T.SEED: res.seed}) as run:
+            with tracker.child_run(
+                parent,
+                f"{model}-seed{res.seed}",
+                {"seed": res.seed},
+                {T.ROLE: T.GATE_ROLE, T.MODEL: model, T.SEED: res.seed},
+            ) as run:
                 run.log_metrics(metrics)
         bar.update(1)
 
@@ -132,12 +178,21 @@ def close_abandoned_gates(tracker) -> None:
 
 def format_table(verdicts: list[Verdict]) -> str:
     head = ["metric", "model", "value", "reference", "band", "delta", "detectable", "result"]
-    rows = [[v.ref.metric, v.ref.model, "missing" if v.value is None else f"{v.value:.3f}", f"{v.ref.mean:.3f}",
-             f"±{v.band:.3f}", "" if v.value is None else f"{v.delta:+.3f}", f"{v.detectable:.3f}",
-             {"pass": "pass", "worse": "FAIL (worse)", "better": "FAIL (better)", "missing": "FAIL (missing)"}[v.result]]
-            for v in verdicts]
+    rows = [
+        [
+            v.ref.metric,
+            v.ref.model,
+            "missing" if v.value is None else f"{v.value:.3f}",
+            f"{v.ref.mean:.3f}",
+            f"±{v.band:.3f}",
+            "" if v.value is None else f"{v.delta:+.3f}",
+            f"{v.detectable:.3f}",
+            {"pass": "pass", "worse": "FAIL (worse)", "better": "FAIL (better)", "missing": "FAIL (missing)"}[v.result],
+        ]
+        for v in verdicts
+    ]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -145,9 +200,13 @@ def power_summary(ref: GateReference, k: int) -> str:
     elbo = next((r for r in ref.references if (r.model, r.metric) == ("vae", "test/elbo")), None)
     parts = []
     if elbo is not None:
-        parts.append(f"minimum detectable regression: {elbo.detectable(k, ref.m, ref.alpha, ref.floor):.2f} nats of VAE "
-                     f"test/elbo (caught with probability {POWER:.0%}; every metric's in the 'detectable' column)")
-    fa = f"false-alarm rate: {ref.alpha:.1%} by construction (two-sided, Bonferroni over {ref.m} metrics, t with n-1 df)"
+        parts.append(
+            f"minimum detectable regression: {elbo.detectable(k, ref.m, ref.alpha, ref.floor):.2f} nats of VAE "
+            f"test/elbo (caught with probability {POWER:.0%}; every metric's in the 'detectable' column)"
+        )
+    fa = (
+        f"false-alarm rate: {ref.alpha:.1%} by construction (two-sided, Bonferroni over {ref.m} metrics, t with n-1 df)"
+    )
     if ref.false_alarm_empirical is not None:
         fa += f", {ref.false_alarm_empirical:.2%} measured by resampling the calibration seeds"
     return "\n".join([*parts, fa])
@@ -162,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench.thresholds import judge
 
     t0 = time.monotonic()
-    results = measure_and_log(spec, list(ref.seeds), root, uri, args.workers, not args.no_progress, {}, args.outage_timeout)
+    results = measure_and_log(
+        spec, list(ref.seeds), root, uri, args.workers, not args.no_progress, {}, args.outage_timeout
+    )
     verdicts = judge(ref, [r.values for r in results])
     print("\n" + format_table(verdicts))
     print("\n" + power_summary(ref, len(ref.seeds)))
@@ -177,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     if worse:
         msg += f"; regressed: {', '.join(worse)}"
     if better:
-        msg += (f"; better than the calibrated band by more than the noise: {', '.join(better)} "
-                "(if the improvement is intended, recalibrate: python -m bench.check --calibrate)")
+        msg += (
+            f"; better than the calibrated band by more than the noise: {', '.join(better)} "
+            "(if the improvement is intended, recalibrate: python -m bench.check --calibrate)"
+        )
     print(msg)
     return EXIT_REGRESSION
 
@@ -186,11 +249,20 @@ def main(argv: list[str] | None = None) -> int:
 def calibrate(args: argparse.Namespace, spec, root: str, uri: str) -> int:
     """Train every calibration seed; write the references, the gate's seeds and the measured false-alarm rate."""
     t0 = time.monotonic()
-    results = measure_and_log(spec, args.calibration_seeds, root, uri, args.workers, not args.no_progress,
-                              {"vaebench.calibration": "true"}, args.outage_timeout)
+    results = measure_and_log(
+        spec,
+        args.calibration_seeds,
+        root,
+        uri,
+        args.workers,
+        not args.no_progress,
+        {"vaebench.calibration": "true"},
+        args.outage_timeout,
+    )
     provenance = {
         "command": "python -m bench.check --calibrate --calibration-seeds "
-        + " ".join(map(str, args.calibration_seeds)) + f" --gate-size {args.gate_size}",
+        + " ".join(map(str, args.calibration_seeds))
+        + f" --gate-size {args.gate_size}",
         "study": args.study,
         "measured": time.strftime("%Y-%m-%d"),
         "machine": f"{cpu_kind()}, {platform.system()}",
@@ -206,7 +278,8 @@ def calibrate(args: argparse.Namespace, spec, root: str, uri: str) -> int:
 def reference_from(results, gate_size: int, provenance: dict) -> GateReference:
     """The reference file's content from the calibration seeds' results."""
     from bench.gate import GATED
-    from bench.thresholds import calibrate as references, choose_gate_seeds, empirical_false_alarm
+    from bench.thresholds import calibrate as references
+    from bench.thresholds import choose_gate_seeds, empirical_false_alarm
 
     keys, seeds, values = list(GATED), [r.seed for r in results], [r.values for r in results]
     gate_seeds = choose_gate_seeds(values, seeds, keys, gate_size)
@@ -218,10 +291,23 @@ def reference_from(results, gate_size: int, provenance: dict) -> GateReference:
 def print_calibration(ref: GateReference) -> None:
     k = len(ref.seeds)
     head = ["metric", "model", "mean", "sd", "n", "band", "detectable"]
-    rows = [[r.metric, r.model, f"{r.mean:.3f}", f"{r.sd:.3f}", str(r.n), f"±{r.band(k, ref.m):.3f}",
-             f"{r.detectable(k, ref.m):.3f}"] for r in ref.references]
+    rows = [
+        [
+            r.metric,
+            r.model,
+            f"{r.mean:.3f}",
+            f"{r.sd:.3f}",
+            str(r.n),
+            f"±{r.band(k, ref.m):.3f}",
+            f"{r.detectable(k, ref.m):.3f}",
+        ]
+        for r in ref.references
+    ]
     widths = [max(len(str(x[i])) for x in [head, *rows]) for i in range(len(head))]
-    print("\n" + "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]))
+    print(
+        "\n"
+        + "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in [head, *rows])
+    )
     print(f"\ngate seeds: {', '.join(map(str, ref.seeds))}")
     print(power_summary(ref, k))
 

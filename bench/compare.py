@@ -50,15 +50,22 @@ def run_comparison(ctx: StudyContext, processes: int | None = None, ood: OODScor
         for trial in best.values():
             vae_run = trial.user_attrs[T.RUN_ID_ATTR]
             model_cfg, train_cfg = trial_configs(trial, spec)
-            job = ModelJob(models.SEARCHED, model_cfg, train_cfg, scoring="compare", of_run=vae_run, of_trial=trial.number)
+            job = ModelJob(
+                models.SEARCHED, model_cfg, train_cfg, scoring="compare", of_run=vae_run, of_trial=trial.number
+            )
             if tracker.tags_of(vae_run).get(T.COMPARED) != "true":
                 (Path(tmp) / vae_run).mkdir()
                 ckpt = str(tracker.download(vae_run, "checkpoint/model.pt", Path(tmp) / vae_run))
                 jobs.append(dataclasses.replace(job, checkpoint=ckpt))
-            jobs += [dataclasses.replace(job, kind=kind) for kind in spec.baselines.models
-                     if not _baseline_done(tracker, ctx.parent_run_id, kind, vae_run)]
+            jobs += [
+                dataclasses.replace(job, kind=kind)
+                for kind in spec.baselines.models
+                if not _baseline_done(tracker, ctx.parent_run_id, kind, vae_run)
+            ]
         jobs.sort(key=lambda j: -j.cost)
-        env = JobEnv(data, classifier, ctx.device, spec.baselines.fd_samples, spec.eval.iw_samples, spec.eval.iw_images, ood)
+        env = JobEnv(
+            data, classifier, ctx.device, spec.baselines.fd_samples, spec.eval.iw_samples, spec.eval.iw_images, ood
+        )
         bar = tqdm(total=len(jobs), desc="baselines", unit="model", disable=not ctx.progress)
         try:
             ood_tags = {} if ood is None else {OOD_TAG: ood.dataset}
@@ -79,8 +86,13 @@ def _log_result(r: ModelResult, ctx: StudyContext, ood_tags: dict) -> None:
         _register_best(tracker, spec, job.latent, job.of_run, tracker.tags_of(job.of_run))
         tracker.set_tags(job.of_run, {T.COMPARED: "true", **ood_tags})
         return
-    tags = {T.ROLE: "baseline", T.VAE_RUN_ID: job.of_run, T.COMPARED: "true",
-            T.NOTE: baseline_note(job.kind, job.latent, job.of_run, trial_run_name(job.of_trial)), **ood_tags}
+    tags = {
+        T.ROLE: "baseline",
+        T.VAE_RUN_ID: job.of_run,
+        T.COMPARED: "true",
+        T.NOTE: baseline_note(job.kind, job.latent, job.of_run, trial_run_name(job.of_trial)),
+        **ood_tags,
+    }
     log_model_run(ctx, r, f"{job.kind}-latent{job.latent}", tags)
 
 
@@ -90,8 +102,12 @@ def _register_best(tracker: Tracker, spec: StudySpec, latent: int, vae_run: str,
     if not uri:
         return  # logged by a version of the project that did not record it
     name = registered_name(spec.name, latent)
-    desc = (f"The best VAE of study {spec.name} at latent size {latent} by {', '.join(spec.objectives)} "
-            f"(trial {vae_tags.get(T.TRIAL_NUMBER)}); load it with mlflow.pyfunc.load_model('models:/{name}@{BEST_ALIAS}'), whose .unwrap_python_model().model is the VAE.")
+    desc = (
+        f"The best VAE of study {spec.name} at latent size {latent} by {', '.join(spec.objectives)} "
+        f"(trial {vae_tags.get(T.TRIAL_NUMBER)}); "
+        f"load it with mlflow.pyfunc.load_model('models:/{name}@{BEST_ALIAS}'), "
+        "whose .unwrap_python_model().model is the VAE."
+    )
     ref = tracker.register_model(uri, name, BEST_ALIAS, vae_run, desc)
     tracker.set_tags(vae_run, {T.REGISTERED_AS: ref})
 
@@ -102,4 +118,3 @@ def _untag_superseded(tracker: Tracker, parent_run_id: str, keep: set[str]) -> N
         owner = r.info.run_id if r.data.tags.get(T.MODEL) == models.SEARCHED else r.data.tags.get(T.VAE_RUN_ID)
         if owner not in keep:
             tracker.set_tags(r.info.run_id, {T.COMPARED: "false"})
-

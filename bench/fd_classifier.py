@@ -40,7 +40,9 @@ class ClassifierRecipe:
     batch_size: Annotated[int, Interval(ge=1, le=100_000)] = 256
     lr: Annotated[float, Interval(gt=0, le=10)] = 2e-3  # Adam
     seed: Annotated[int, Interval(ge=0, le=2**32 - 1)] = 0  # weights, shuffling and binarization draws
-    binarize_prob: Annotated[float, Interval(ge=0, le=1)] = 0.5  # each training image is binarized with this probability, so that
+    binarize_prob: Annotated[float, Interval(ge=0, le=1)] = (
+        0.5  # each training image is binarized with this probability, so that
+    )
     # features are meaningful both for grayscale images and for binary (dynamically binarized) ones
 
     def __post_init__(self) -> None:
@@ -86,7 +88,7 @@ class FDClassifier:
         dev = next(self.net.parameters()).device
         return torch.cat([self.net(xb.to(dev).float()).argmax(-1).cpu() for xb in x.split(batch_size)])
 
-    def to(self, device: torch.device | str) -> "FDClassifier":
+    def to(self, device: torch.device | str) -> FDClassifier:
         self.net.to(device)
         return self
 
@@ -117,9 +119,7 @@ def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return (pred == y).float().mean().item()
 
 
-def train_classifier(
-    x: torch.Tensor, y: torch.Tensor, recipe: ClassifierRecipe = ClassifierRecipe()
-) -> FeatureMLP:
+def train_classifier(x: torch.Tensor, y: torch.Tensor, recipe: ClassifierRecipe = ClassifierRecipe()) -> FeatureMLP:
     """Train a FeatureMLP on images (N, 784) in [0, 1] and labels (N,), on the CPU, deterministically.
 
     Uses its own generators and `torch.random.fork_rng`, so the caller's global RNG state is

@@ -88,8 +88,11 @@ def stamp_or_check(study: optuna.Study, fields: dict[str, Any], created: bool, w
     stored = study.user_attrs.get(T.FINGERPRINT_ATTR)
     if created or stored is None:
         if stored is None and not created and study.get_trials(deepcopy=False):
-            print(f"notice: study {study.study_name!r} in {where} has no fingerprint (made before vaebench "
-                  "stored one); it adopts this run's settings, and later runs must match them", flush=True)
+            print(
+                f"notice: study {study.study_name!r} in {where} has no fingerprint (made before vaebench "
+                "stored one); it adopts this run's settings, and later runs must match them",
+                flush=True,
+            )
         study.set_user_attr(T.FINGERPRINT_ATTR, fields)
         return
     diff = first_difference(stored, fields)

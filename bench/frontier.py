@@ -7,7 +7,7 @@ bench.trials calls `pick_by_elbo` on a Pareto front (the best trial, the compare
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,11 @@ def pick_by_elbo(trials: Sequence, directions: Sequence[str], split: str = "val"
     trials = [t for t in trials if t.values is not None]
     if not trials:
         return None
-    front = [t for t, keep in zip(trials, pareto_mask(np.array([t.values for t in trials]), directions)) if keep]
+    front = [
+        t
+        for t, keep in zip(trials, pareto_mask(np.array([t.values for t in trials]), directions), strict=False)
+        if keep
+    ]
     return max(front, key=lambda t: (t.user_attrs.get("last_epoch", {}).get(f"{split}/elbo", -math.inf), -t.number))
 
 
@@ -50,13 +54,15 @@ def rate_distortion_points(runs: pd.DataFrame, compared: set[str] = frozenset())
     keep = (runs["tags.vaebench.role"] == "trial") & (runs["status"] == "FINISHED")
     keep &= runs[f"metrics.{RATE}"].notna() & runs[f"metrics.{DISTORTION}"].notna()
     r = runs[keep]
-    pts = pd.DataFrame({
-        "latent_dim": r["tags.latent_dim"].astype(int),
-        "trial": r.get("tags.trial_number", pd.Series(-1, index=r.index)).astype(int),
-        "run_id": r["run_id"],
-        "rate": r[f"metrics.{RATE}"].astype(float),
-        "distortion": r[f"metrics.{DISTORTION}"].astype(float),
-    })
+    pts = pd.DataFrame(
+        {
+            "latent_dim": r["tags.latent_dim"].astype(int),
+            "trial": r.get("tags.trial_number", pd.Series(-1, index=r.index)).astype(int),
+            "run_id": r["run_id"],
+            "rate": r[f"metrics.{RATE}"].astype(float),
+            "distortion": r[f"metrics.{DISTORTION}"].astype(float),
+        }
+    )
     pts["pareto"] = False
     for _, g in pts.groupby("latent_dim"):
         pts.loc[g.index, "pareto"] = pareto_mask(g[["rate", "distortion"]].to_numpy(), ["minimize", "minimize"])
@@ -85,7 +91,9 @@ def rate_distortion_figure(points: pd.DataFrame, refs: pd.DataFrame, title: str 
     n = max(1, len(latents))
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), dpi=110, sharex=True, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.2 * cols, 3.6 * rows), dpi=110, sharex=True, sharey=True, squeeze=False
+    )
     ref_vals = refs["distortion"].to_numpy() if len(refs) else np.array([])
     ymin = min(points["distortion"].min(), *ref_vals) if len(ref_vals) else points["distortion"].min()
     ymax = max(points["distortion"].max(), *ref_vals) if len(ref_vals) else points["distortion"].max()
@@ -93,7 +101,7 @@ def rate_distortion_figure(points: pd.DataFrame, refs: pd.DataFrame, title: str 
     pad_y, pad_x = 0.08 * (ymax - ymin + 1), 0.08 * (xmax + 1)
     colors = {"ae": "tab:orange", "pca": "tab:green"}
     xlim, ylim = (-pad_x / 2, xmax + pad_x), (ymin - pad_y, ymax + pad_y)
-    for ax, latent in zip(axes.flat, latents):
+    for ax, latent in zip(axes.flat, latents, strict=False):
         g = points[points["latent_dim"] == latent]
         _iso_elbo(ax, xlim, ylim)
         ax.scatter(g["rate"], g["distortion"], s=14, color="0.55", label="trials", zorder=2)
@@ -105,7 +113,7 @@ def rate_distortion_figure(points: pd.DataFrame, refs: pd.DataFrame, title: str 
             ax.axhline(r.distortion, ls="--", lw=1, color=colors.get(r.model, "k"), label=f"{r.model} (test)")
         ax.set_title(f"latent size {latent}", fontsize=9)
         ax.grid(alpha=0.25)
-    for ax in axes.flat[len(latents):]:
+    for ax in axes.flat[len(latents) :]:
         ax.axis("off")
     axes.flat[0].set_xlim(*xlim)
     axes.flat[0].set_ylim(*ylim)
@@ -115,9 +123,11 @@ def rate_distortion_figure(points: pd.DataFrame, refs: pd.DataFrame, title: str 
         ax.set_ylabel("distortion: recon BCE (nats)")
     handles = {}
     for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=False):
             handles.setdefault(lab, h)
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.suptitle(f"{title}: trials' last-epoch validation rate and distortion; dotted: rate + distortion = -ELBO", fontsize=9)
+    fig.suptitle(
+        f"{title}: trials' last-epoch validation rate and distortion; dotted: rate + distortion = -ELBO", fontsize=9
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     return fig

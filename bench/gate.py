@@ -49,7 +49,9 @@ def seed_jobs(spec: StudySpec, seed: int) -> list[ModelJob]:
 def _load(spec: StudySpec, data_root: str, threads: int) -> JobEnv:
     """A pool process's data, read once: a file that cannot be read fails here, as one line (bench.pool)."""
     torch.set_num_threads(threads)
-    return JobEnv(load_data(spec.data, data_root), None, torch.device("cpu"), 0, spec.eval.iw_samples, spec.eval.iw_images)
+    return JobEnv(
+        load_data(spec.data, data_root), None, torch.device("cpu"), 0, spec.eval.iw_samples, spec.eval.iw_images
+    )
 
 
 def measure(spec: StudySpec, seeds: list[int], data_root: str, workers: int, on_seed=None) -> list[SeedResult]:

@@ -29,7 +29,9 @@ def image_grids(kind: str, model: torch.nn.Module, data: Datasets, seed: int) ->
     }
 
 
-def log_epoch_images(run, kind: str, model: torch.nn.Module, data: Datasets, seed: int, steps) -> dict[str, torch.Tensor]:
+def log_epoch_images(
+    run, kind: str, model: torch.nn.Module, data: Datasets, seed: int, steps
+) -> dict[str, torch.Tensor]:
     """Log the grids of the model as it is now at each of `steps` (one epoch, or PCA at every epoch); returns them."""
     grids = image_grids(kind, model, data, seed)
     for step in steps:

@@ -1,4 +1,5 @@
-"""The unit of work after the search: one model of a kind, fitted with a config and a seed (or loaded from a trial), scored.
+"""The unit of work after the search: one model of a kind, fitted with a config and a seed (or loaded from a trial),
+scored.
 
 The comparison, the replicates and the gate make `ModelJob`s; `compute(jobs, env, processes)` runs them through
 bench.pool.run_jobs, and `log_model_run(ctx, result, ...)` is the one place a result becomes an MLflow run.
@@ -43,7 +44,9 @@ class ModelJob:
     model_cfg: ModelConfig
     train_cfg: TrainConfig  # its seed seeds the model and every random draw of its scoring
     checkpoint: str | None = None  # score this trained model (a trial's) instead of fitting one
-    scoring: Scoring = "compare"  # what it is scored for; "compare" also draws grids and keeps the model of a kind that logs it
+    scoring: Scoring = (
+        "compare"  # what it is scored for; "compare" also draws grids and keeps the model of a kind that logs it
+    )
     of_run: str = ""  # the MLflow run of the trial it is compared with or repeats
     of_trial: int = -1  # that trial's number
 
@@ -104,14 +107,24 @@ def _prepare(env: JobEnv, threads: int) -> JobEnv:
 
 def _compare_scores(job: ModelJob, model: nn.Module, env: JobEnv) -> dict[str, float]:
     """bench.scores' comparison scores (the fixed corruption noise), the same code for every kind."""
-    return score_model(model, env.data, kind=job.kind, classifier=env.classifier, n_fd_samples=env.fd_samples, seed=job.seed)
+    return score_model(
+        model, env.data, kind=job.kind, classifier=env.classifier, n_fd_samples=env.fd_samples, seed=job.seed
+    )
 
 
 def _replicate_scores(job: ModelJob, model: nn.Module, env: JobEnv) -> dict[str, float]:
-    """The comparison's scores with every random draw from the seed, and for a kind with a bound its test ELBO terms and NLL."""
+    """The comparison's scores with every random draw from the seed, and for a kind with a bound its test ELBO terms
+    and NLL."""
     seed, x = job.seed, env.data.test.x
-    scores = score_model(model, env.data, kind=job.kind, classifier=env.classifier, n_fd_samples=env.fd_samples,
-                         seed=seed, corruption=Corruption(seed=seed))
+    scores = score_model(
+        model,
+        env.data,
+        kind=job.kind,
+        classifier=env.classifier,
+        n_fd_samples=env.fd_samples,
+        seed=seed,
+        corruption=Corruption(seed=seed),
+    )
     if models.get(job.kind).bound:
         scores |= {f"test/{k}": v for k, v in final_metrics(model, x, env.iw_samples, env.iw_images, seed=seed).items()}
     return scores
@@ -126,12 +139,18 @@ def _gate_scores(job: ModelJob, model: nn.Module, env: JobEnv) -> dict[str, floa
         return {"test/code_recon_bce": reconstruction_errors(model, x, x)[0]}
     elbo = elbo_metrics(model, x, seed=GATE_EVAL_SEED)
     n_iw = min(env.iw_images or len(x), len(x))
-    return {"test/elbo": elbo["elbo"], "test/recon_bce": elbo["recon_bce"], "test/kl": elbo["kl"],
-            "test/nll_iw": iwae_nll(model, x[:n_iw], k=env.iw_samples, seed=GATE_EVAL_SEED)}
+    return {
+        "test/elbo": elbo["elbo"],
+        "test/recon_bce": elbo["recon_bce"],
+        "test/kl": elbo["kl"],
+        "test/nll_iw": iwae_nll(model, x[:n_iw], k=env.iw_samples, seed=GATE_EVAL_SEED),
+    }
 
 
 SCORERS: dict[str, Callable[[ModelJob, nn.Module, JobEnv], dict[str, float]]] = {
-    "compare": _compare_scores, "replicate": _replicate_scores, "gate": _gate_scores,
+    "compare": _compare_scores,
+    "replicate": _replicate_scores,
+    "gate": _gate_scores,
 }
 
 
@@ -158,17 +177,24 @@ def run_model_job(job: ModelJob, env: JobEnv) -> ModelResult:
             if draw:
                 steps[epoch] = image_grids(job.kind, built[0], data, seed)
 
-        model = models.fit_model(job.kind, job.model_cfg, job.train_cfg, data, env.device,
-                                 on_epoch_end=on_epoch_end, on_model=on_model)
+        model = models.fit_model(
+            job.kind, job.model_cfg, job.train_cfg, data, env.device, on_epoch_end=on_epoch_end, on_model=on_model
+        )
         if compared and not kind.by_epochs:  # fitted once: the same pictures at every step the networks have
             grids = image_grids(job.kind, model, data, seed)
             steps = {step: grids for step in range(job.train_cfg.epochs + 1)}
     scores = SCORERS[job.scoring](job, model, env) | ood_scores(model, job.kind, data.test.x, env.ood, seed)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()} if kind.logs_model and compared and not job.checkpoint else None
+    state = (
+        {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        if kind.logs_model and compared and not job.checkpoint
+        else None
+    )
     return ModelResult(job, scores, history, steps, steps[max(steps)] if steps else {}, state, time.perf_counter() - t0)
 
 
-def compute(jobs: list[ModelJob], env: JobEnv, processes: int | None = None, bounds: Bounds | None = None) -> Iterator[ModelResult]:
+def compute(
+    jobs: list[ModelJob], env: JobEnv, processes: int | None = None, bounds: Bounds | None = None
+) -> Iterator[ModelResult]:
     """Each job's result as it finishes, the jobs started in the given order: in `processes` single-thread
     processes (default: bench.pool.pool_size), or in this process with its threads when that is 1.
     Every job depends only on its seed, so the process count changes nothing but float rounding."""
@@ -182,7 +208,9 @@ def log_model_run(ctx: StudyContext, r: ModelResult, name: str, tags: dict) -> s
     metrics and images, the scores, the last grids and (for a kind that logs it) the model. Returns its id."""
     spec, job = ctx.spec, r.job
     tags = {**run_tags(spec, ctx.data, ctx.device, job.kind, job.latent), **tags}
-    with ctx.tracker.child_run(ctx.parent_run_id, name, run_params(job.model_cfg, job.train_cfg, spec, job.kind), tags) as run:
+    with ctx.tracker.child_run(
+        ctx.parent_run_id, name, run_params(job.model_cfg, job.train_cfg, spec, job.kind), tags
+    ) as run:
         run.log_datasets(dataset_inputs(spec, ctx.data))
         for epoch, m in enumerate(r.history, start=1):
             run.log_metrics(m, step=epoch)
@@ -198,4 +226,3 @@ def log_model_run(ctx: StudyContext, r: ModelResult, name: str, tags: dict) -> s
                 ckpt = save_checkpoint(Path(tmp) / "model.pt", model.eval(), job.kind, job.train_cfg)
                 run.log_model(model_name(job.kind, job.latent), ckpt)
         return run.run_id
-

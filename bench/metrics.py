@@ -12,7 +12,8 @@ from typing import Literal
 NATS = "nats/image"  # summed over the 784 pixels, averaged over images
 ALL_MODELS = frozenset({"vae", "ae", "pca"})
 STUDY_RUN = frozenset({"study"})  # the parent run of a study (it has no model); it also carries the
-# best trial's metrics under the trials' own keys (its study metric and its test/* metrics): same meaning, the best VAE's value
+# best trial's metrics under the trials' own keys (its study metric and its test/* metrics): same meaning,
+# the best VAE's value
 NETWORKS = frozenset({"vae", "ae"})
 VAE_ONLY = frozenset({"vae"})
 
@@ -42,37 +43,159 @@ def _m(key: str, meaning: str, unit: str, better: str, models: frozenset[str]) -
 _EPOCH = [
     # per-epoch curves (step = epoch). For the autoencoder "recon_bce" is the same term with a point-mass encoder.
     _m("{split}/elbo", "single-sample ELBO (beta = 1) on the {what}: -(recon_bce + kl)", NATS, "higher", VAE_ONLY),
-    _m("{split}/recon_bce", "reconstruction term -E_q[log p(x|z)] on the {what} (z sampled; the code itself for the autoencoder)", NATS, "lower", NETWORKS),
+    _m(
+        "{split}/recon_bce",
+        "reconstruction term -E_q[log p(x|z)] on the {what} (z sampled; the code itself for the autoencoder)",
+        NATS,
+        "lower",
+        NETWORKS,
+    ),
     _m("{split}/kl", "KL(q(z|x) || N(0, I)), closed form, on the {what}", NATS, "lower", VAE_ONLY),
 ]
-_SPLITS = {"train": "training batches as trained (averaged over the epoch)", "val": "validation split", "test": "test split"}
+_SPLITS = {
+    "train": "training batches as trained (averaged over the epoch)",
+    "val": "validation split",
+    "test": "test split",
+}
 
 _DEFS: list[Metric] = [
-    # only the VAE trials evaluate the test split's ELBO terms; the autoencoder's test reconstruction is test/code_recon_bce
-    _m(t.key.format(split=s), t.meaning.format(what=what), t.unit, t.better, t.models & VAE_ONLY if s == "test" else t.models)
+    # only the VAE trials evaluate the test split's ELBO terms;
+    # the autoencoder's test reconstruction is test/code_recon_bce
+    _m(
+        t.key.format(split=s),
+        t.meaning.format(what=what),
+        t.unit,
+        t.better,
+        t.models & VAE_ONLY if s == "test" else t.models,
+    )
     for s, what in _SPLITS.items()
     for t in _EPOCH
 ] + [
-    _m("test/nll_iw", "importance-weighted estimate of -log p(x) (IWAE bound, k = [eval] iw_samples) on the first iw_images test images", NATS, "lower", VAE_ONLY),
-    _m("test/nll_iw_se", "standard error of test/nll_iw across the test images it averages (std / sqrt(n))", NATS, "none", VAE_ONLY),
-    _m("test/nll_iw_k5000", "the literature's protocol: IWAE bound with k = 5000 on the full 10,000-image test set", NATS, "lower", VAE_ONLY),
+    _m(
+        "test/nll_iw",
+        "importance-weighted estimate of -log p(x) (IWAE bound, k = [eval] iw_samples) "
+        "on the first iw_images test images",
+        NATS,
+        "lower",
+        VAE_ONLY,
+    ),
+    _m(
+        "test/nll_iw_se",
+        "standard error of test/nll_iw across the test images it averages (std / sqrt(n))",
+        NATS,
+        "none",
+        VAE_ONLY,
+    ),
+    _m(
+        "test/nll_iw_k5000",
+        "the literature's protocol: IWAE bound with k = 5000 on the full 10,000-image test set",
+        NATS,
+        "lower",
+        VAE_ONLY,
+    ),
     _m("test/nll_iw_k5000_se", "standard error of test/nll_iw_k5000 across the test images", NATS, "none", VAE_ONLY),
-    _m("test/active_units", "latent dimensions with Cov_x(E_q[z_i|x]) > 0.01 (Burda et al. 2015)", "units", "none", VAE_ONLY),
+    _m(
+        "test/active_units",
+        "latent dimensions with Cov_x(E_q[z_i|x]) > 0.01 (Burda et al. 2015)",
+        "units",
+        "none",
+        VAE_ONLY,
+    ),
     # the comparison's scores, computed by one function for all three models (bench.scores)
-    _m("test/code_recon_bce", "BCE of decode(code(x)) against the test images, code = posterior mean (VAE), the code (AE), the projection (PCA)", NATS, "lower", ALL_MODELS),
-    _m("test/code_recon_mse", "squared error of sigmoid(decode(code(x))) against the test images, summed over pixels", "squared error/image", "lower", ALL_MODELS),
-    _m("test/denoise_bce", "BCE of the deterministic reconstruction of corrupted test images against the clean ones", NATS, "lower", ALL_MODELS),
-    _m("test/denoise_mse", "squared error of the deterministic reconstruction of corrupted test images against the clean ones", "squared error/image", "lower", ALL_MODELS),
-    _m("test/probe_acc", "test accuracy of a logistic-regression probe trained on the codes of training images", "fraction", "higher", ALL_MODELS),
-    _m("test/knn_acc", "test accuracy of a 5-nearest-neighbour classifier on the codes", "fraction", "higher", ALL_MODELS),
-    _m("test/sample_fd", "Frechet distance of generated images to the test images in the FD classifier's features (VAE: prior; AE, PCA: a Gaussian fitted to their codes)", "feature distance", "lower", ALL_MODELS),
+    _m(
+        "test/code_recon_bce",
+        "BCE of decode(code(x)) against the test images, "
+        "code = posterior mean (VAE), the code (AE), the projection (PCA)",
+        NATS,
+        "lower",
+        ALL_MODELS,
+    ),
+    _m(
+        "test/code_recon_mse",
+        "squared error of sigmoid(decode(code(x))) against the test images, summed over pixels",
+        "squared error/image",
+        "lower",
+        ALL_MODELS,
+    ),
+    _m(
+        "test/denoise_bce",
+        "BCE of the deterministic reconstruction of corrupted test images against the clean ones",
+        NATS,
+        "lower",
+        ALL_MODELS,
+    ),
+    _m(
+        "test/denoise_mse",
+        "squared error of the deterministic reconstruction of corrupted test images against the clean ones",
+        "squared error/image",
+        "lower",
+        ALL_MODELS,
+    ),
+    _m(
+        "test/probe_acc",
+        "test accuracy of a logistic-regression probe trained on the codes of training images",
+        "fraction",
+        "higher",
+        ALL_MODELS,
+    ),
+    _m(
+        "test/knn_acc",
+        "test accuracy of a 5-nearest-neighbour classifier on the codes",
+        "fraction",
+        "higher",
+        ALL_MODELS,
+    ),
+    _m(
+        "test/sample_fd",
+        "Frechet distance of generated images to the test images in the FD classifier's features "
+        "(VAE: prior; AE, PCA: a Gaussian fitted to their codes)",
+        "feature distance",
+        "lower",
+        ALL_MODELS,
+    ),
     # the same generated images and features as test/sample_fd (bench.sample_quality)
-    _m("test/sample_kid", "kernel inception distance: unbiased squared MMD, kernel (x.y/d + 1)^3, of generated images to test images in the FD classifier's features, averaged over disjoint subsets (Binkowski et al. 2018)", "squared feature distance", "lower", ALL_MODELS),
-    _m("test/sample_kid_se", "standard error of test/sample_kid: std of the disjoint subsets' estimates / sqrt(subsets)", "squared feature distance", "none", ALL_MODELS),
-    _m("test/sample_precision", "fraction of generated images inside the k-NN manifold (k = 3) of as many test images, in the FD classifier's features: fidelity (Kynkaanniemi et al. 2019)", "fraction", "higher", ALL_MODELS),
-    _m("test/sample_recall", "fraction of test images inside the k-NN manifold (k = 3) of as many generated images, in the FD classifier's features: diversity (Kynkaanniemi et al. 2019)", "fraction", "higher", ALL_MODELS),
+    _m(
+        "test/sample_kid",
+        "kernel inception distance: unbiased squared MMD, kernel (x.y/d + 1)^3, of generated images to test images "
+        "in the FD classifier's features, averaged over disjoint subsets (Binkowski et al. 2018)",
+        "squared feature distance",
+        "lower",
+        ALL_MODELS,
+    ),
+    _m(
+        "test/sample_kid_se",
+        "standard error of test/sample_kid: std of the disjoint subsets' estimates / sqrt(subsets)",
+        "squared feature distance",
+        "none",
+        ALL_MODELS,
+    ),
+    _m(
+        "test/sample_precision",
+        "fraction of generated images inside the k-NN manifold (k = 3) of as many test images, "
+        "in the FD classifier's features: fidelity (Kynkaanniemi et al. 2019)",
+        "fraction",
+        "higher",
+        ALL_MODELS,
+    ),
+    _m(
+        "test/sample_recall",
+        "fraction of test images inside the k-NN manifold (k = 3) of as many generated images, "
+        "in the FD classifier's features: diversity (Kynkaanniemi et al. 2019)",
+        "fraction",
+        "higher",
+        ALL_MODELS,
+    ),
     # only when the study names [eval] ood_dataset (tag ood_dataset on the run says which)
-    _m("test/ood_auroc", "AUROC of telling the OOD dataset's test images (positives) from the training dataset's by a per-image score that is higher when the model finds the image less likely (VAE: IWAE NLL; AE, PCA: BCE of the deterministic reconstruction); 0.5 = chance, below 0.5 = the model prefers the OOD images", "fraction", "higher", ALL_MODELS),
+    _m(
+        "test/ood_auroc",
+        "AUROC of telling the OOD dataset's test images (positives) from the training dataset's by a per-image score "
+        "that is higher when the model finds the image less likely "
+        "(VAE: IWAE NLL; AE, PCA: BCE of the deterministic reconstruction); "
+        "0.5 = chance, below 0.5 = the model prefers the OOD images",
+        "fraction",
+        "higher",
+        ALL_MODELS,
+    ),
     # the parent run's count of the study's trials by final Optuna state
     _m("trials/complete", "trials of the study that completed", "trials", "none", STUDY_RUN),
     _m("trials/pruned", "trials stopped by the pruner or by a non-finite loss", "trials", "none", STUDY_RUN),
@@ -108,7 +231,9 @@ def metric(key: str) -> Metric:
     try:
         return METRICS[key]
     except KeyError:
-        raise KeyError(f"metric {key!r} is not declared in bench.metrics; known: {', '.join(sorted(METRICS))}") from None
+        raise KeyError(
+            f"metric {key!r} is not declared in bench.metrics; known: {', '.join(sorted(METRICS))}"
+        ) from None
 
 
 def better(key: str) -> str:

@@ -1,4 +1,5 @@
-"""The code of every logged model (MLflow models-from-code): the VAE or autoencoder rebuilt from its weights-only checkpoint, no pickle.
+"""The code of every logged model (MLflow models-from-code): the VAE or autoencoder rebuilt from its weights-only
+checkpoint, no pickle.
 
 bench.tracking.ChildRun.log_model logs this file with the checkpoint and the vae package; MLflow runs it
 when `mlflow.pyfunc.load_model(uri)` loads the model, so it may import only mlflow, numpy, torch and vae.

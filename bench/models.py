@@ -1,7 +1,8 @@
 """The model kinds a study compares (vae, ae, pca): how each is built and fitted, sampled, scored, named and described.
 
 Every stage asks this registry (`get(kind)`, `fit_model(kind, ...)`, `generate_images(kind, ...)`) instead of
-branching on a kind's name: the comparison, the replicates, the gate, the scores, the images, the OOD check, the run texts.
+branching on a kind's name: the comparison, the replicates, the gate, the scores, the images, the OOD check,
+the run texts.
 """
 
 from __future__ import annotations
@@ -28,8 +29,16 @@ from vae.train import EpochCallback, TrainConfig, fit, seed_everything
 Fitter = Callable[..., nn.Module]
 
 
-def _fit_network(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data: Datasets, device, progress: bool,
-                 on_epoch_end: EpochCallback | None, on_model: Callable[[nn.Module], None]) -> nn.Module:
+def _fit_network(
+    name: str,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    data: Datasets,
+    device,
+    progress: bool,
+    on_epoch_end: EpochCallback | None,
+    on_model: Callable[[nn.Module], None],
+) -> nn.Module:
     """The one seed -> build -> fit recipe of the trained kinds (the study's trials follow it too).
 
     Seeded before building, so the initial weights come from train_cfg.seed as well (fit seeds
@@ -42,8 +51,15 @@ def _fit_network(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data
     return model
 
 
-def _fit_pca(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Datasets, device, progress: bool,
-             on_epoch_end: EpochCallback | None, on_model: Callable[[nn.Module], None]) -> nn.Module:
+def _fit_pca(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    data: Datasets,
+    device,
+    progress: bool,
+    on_epoch_end: EpochCallback | None,
+    on_model: Callable[[nn.Module], None],
+) -> nn.Module:
     # all training images, binarized once with the training seed when the models see binary ones
     x = training_images(data, seed=train_cfg.seed)
     model = PCAModel.fit(x, model_cfg.latent_dim, seed=train_cfg.seed).to(device).eval()
@@ -88,17 +104,48 @@ class ModelKind:
 
 
 VAE_ONLY = ("beta", "iw_samples")  # the KL weight and the IWAE bound mean nothing without a posterior
-KINDS: dict[str, ModelKind] = {k.name: k for k in (
-    ModelKind("vae", "VAE", partial(_fit_network, "vae"), by_epochs=True, has_prior=True, bound=True,
-              searched=True, logs_model=False, params=None),
-    ModelKind("ae", "autoencoder", partial(_fit_network, "ae"), by_epochs=True, has_prior=False, bound=False,
-              searched=False, logs_model=True, params=None, excluded=VAE_ONLY,
-              description="the VAE's encoder and decoder without the KL term, trained on reconstruction BCE with the "
-              "same data, epochs, optimizer and seed"),
-    ModelKind("pca", "PCA", _fit_pca, by_epochs=False, has_prior=False, bound=False, searched=False,
-              logs_model=False, params=("latent_dim", "seed"),  # no network: these and the data define it
-              description="PCA with {latent_dim} components fitted on the training images, decoded linearly and clipped"),
-)}
+KINDS: dict[str, ModelKind] = {
+    k.name: k
+    for k in (
+        ModelKind(
+            "vae",
+            "VAE",
+            partial(_fit_network, "vae"),
+            by_epochs=True,
+            has_prior=True,
+            bound=True,
+            searched=True,
+            logs_model=False,
+            params=None,
+        ),
+        ModelKind(
+            "ae",
+            "autoencoder",
+            partial(_fit_network, "ae"),
+            by_epochs=True,
+            has_prior=False,
+            bound=False,
+            searched=False,
+            logs_model=True,
+            params=None,
+            excluded=VAE_ONLY,
+            description="the VAE's encoder and decoder without the KL term, trained on reconstruction BCE with the "
+            "same data, epochs, optimizer and seed",
+        ),
+        ModelKind(
+            "pca",
+            "PCA",
+            _fit_pca,
+            by_epochs=False,
+            has_prior=False,
+            bound=False,
+            searched=False,
+            logs_model=False,
+            params=("latent_dim", "seed"),  # no network: these and the data define it
+            description="PCA with {latent_dim} components fitted on the training images, decoded linearly and clipped",
+        ),
+    )
+}
 SEARCHED = next(k.name for k in KINDS.values() if k.searched)  # "vae": the kind of the study's trials
 
 
@@ -119,7 +166,8 @@ def fit_model(
     on_epoch_end: EpochCallback | None = None,
     on_model: Callable[[nn.Module], None] | None = None,
 ) -> nn.Module:
-    """A model of `kind` at `model_config.latent_dim`, fitted with `train_config` (its seed too), in eval mode on `device`.
+    """A model of `kind` at `model_config.latent_dim`, fitted with `train_config` (its seed too), in eval mode
+    on `device`.
 
     "vae", "ae": vae.model's network built after seed_everything(seed) and trained by vae.train.fit
     (the autoencoder on reconstruction BCE alone, with the VAE's data, epochs, optimizer and seed);
@@ -127,7 +175,9 @@ def fit_model(
     fitted on the training images (no epochs; the seed picks the binarization). `on_model(model)` is
     called once the model exists (a network's before training), e.g. to draw it at each epoch.
     """
-    return get(kind, "model or baseline").fitter(model_config, train_config, data, device, progress, on_epoch_end, on_model or (lambda m: None))
+    return get(kind, "model or baseline").fitter(
+        model_config, train_config, data, device, progress, on_epoch_end, on_model or (lambda m: None)
+    )
 
 
 def image_sampler(kind: str, model: nn.Module, train_x: torch.Tensor | None) -> Sampler:

@@ -25,6 +25,7 @@ from vae.evaluate import encode, final_metrics, manifold_grid
 from vae.model import build_model
 from vae.train import NonFiniteLossError, fit, save_checkpoint, seed_everything
 
+
 class SurplusTrial(Exception):
     """Another worker already started the last trial the study needs; this one does not run."""
 
@@ -93,7 +94,9 @@ class TrialRunner:
 
             def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
                 run.log_metrics(metrics, step=epoch)
-                if not spec.multi_objective:  # Optuna neither records intermediate values nor prunes with several objectives
+                if (
+                    not spec.multi_objective
+                ):  # Optuna neither records intermediate values nor prunes with several objectives
                     trial.report(metrics[spec.metric], epoch)
                     if not covered and trial.should_prune():
                         raise stop("KILLED", f"pruned by the {spec.pruner.type} pruner at epoch {epoch}")
@@ -107,7 +110,9 @@ class TrialRunner:
                 trial.set_user_attr(T.FAIL_REASON_ATTR, str(exc))
                 raise stop("FAILED", str(exc)) from None
 
-            test = final_metrics(model, self.data.test.x, spec.eval.iw_samples, spec.eval.iw_images, seed=train_cfg.seed)
+            test = final_metrics(
+                model, self.data.test.x, spec.eval.iw_samples, spec.eval.iw_images, seed=train_cfg.seed
+            )
             test = {f"test/{k}": v for k, v in test.items()}
             run.log_metrics(test)
             log_final_grids(run, grids)
@@ -117,8 +122,11 @@ class TrialRunner:
                 run.log_model(model_name("vae", model_cfg.latent_dim, trial.number), ckpt)
             run.set_tags({T.OPTUNA_STATE: "COMPLETE"})
             last = history[-1]
-            outcome = (", ".join(f"{k} = {last[k]:.2f}" for k in spec.objectives) + f" after {train_cfg.epochs} epochs; "
-                       + ", ".join(f"{k} = {v:.4g}" for k, v in test.items()))
+            outcome = (
+                ", ".join(f"{k} = {last[k]:.2f}" for k in spec.objectives)
+                + f" after {train_cfg.epochs} epochs; "
+                + ", ".join(f"{k} = {v:.4g}" for k, v in test.items())
+            )
             run.set_note(trial_note(spec, trial.number, trial.params, covered, outcome))
             trial.set_user_attr(T.TEST_METRICS_ATTR, test)
             # the whole last epoch: a multi-objective study picks its compared trial by the ELBO (bench.frontier)

@@ -70,7 +70,9 @@ def load_ood_scoring(spec, root) -> OODScoring | None:
 @torch.no_grad()
 def recon_bce_per_image(model: nn.Module, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
     """BCE of decode(codes(x)) against x for each image, summed over pixels: (N,) nats, on the CPU."""
-    return map_batches(model, lambda xb: bernoulli_nll(model.decode(model.codes(xb)).float(), xb.float()), x, batch_size)
+    return map_batches(
+        model, lambda xb: bernoulli_nll(model.decode(model.codes(xb)).float(), xb.float()), x, batch_size
+    )
 
 
 def novelty_scores(model: nn.Module, kind: str, x: torch.Tensor, iw_samples: int, seed: int = 0) -> torch.Tensor:
@@ -98,7 +100,9 @@ def ood_auroc(
     0.5 = chance, below 0.5 = the model finds the OOD images *more* likely (Nalisnick et al. 2019).
     """
     in_x, ood_x = in_x[:n], ood_x[:n]
-    return auroc(novelty_scores(model, kind, in_x, iw_samples, seed), novelty_scores(model, kind, ood_x, iw_samples, seed))
+    return auroc(
+        novelty_scores(model, kind, in_x, iw_samples, seed), novelty_scores(model, kind, ood_x, iw_samples, seed)
+    )
 
 
 def ood_scores(model: nn.Module, kind: str, in_x: torch.Tensor, ood: OODScoring | None, seed: int) -> dict[str, float]:

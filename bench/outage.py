@@ -80,7 +80,8 @@ class Outage:
                 if _giving_up.is_set() or waited >= self.timeout_s:
                     _giving_up.set()
                     raise InfrastructureError(
-                        f"{self.service} has been unreachable for {waited:.0f} s (--outage-timeout {self.timeout_s:.0f}): "
+                        f"{self.service} has been unreachable for {waited:.0f} s "
+                        f"(--outage-timeout {self.timeout_s:.0f}): "
                         f"{_reason(exc)}; rerun the same command once it is back: finished trials are kept "
                         "and the interrupted ones are queued again"
                     ) from exc
@@ -105,8 +106,12 @@ class Outage:
         with self._lock:
             if self._since is None:
                 self._since = time.monotonic()
-                print(f"outage: cannot reach {self.service} ({_reason(exc)}); waiting for it for up to "
-                      f"{self.timeout_s:.0f} s (--outage-timeout)", file=sys.stderr, flush=True)
+                print(
+                    f"outage: cannot reach {self.service} ({_reason(exc)}); waiting for it for up to "
+                    f"{self.timeout_s:.0f} s (--outage-timeout)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             return self._since
 
     def _end(self) -> None:
@@ -114,6 +119,9 @@ class Outage:
             return
         with self._lock:
             if self._since is not None:
-                print(f"outage over: {self.service} answers again after {time.monotonic() - self._since:.0f} s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"outage over: {self.service} answers again after {time.monotonic() - self._since:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 self._since = None

@@ -50,7 +50,7 @@ def image_row_figure(images: dict[str, np.ndarray], title: str):
     """Grids side by side, one per model: {label: (H, W, 3) uint8}."""
     n = len(images)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.9), dpi=110, squeeze=False)
-    for ax, (label, img) in zip(axes[0], images.items()):
+    for ax, (label, img) in zip(axes[0], images.items(), strict=False):
         ax.imshow(img)
         ax.set_title(label)
         ax.axis("off")

@@ -1,4 +1,5 @@
-"""Independent jobs in worker processes where every wait has a bound: the one runner of the comparison, replicates and gate.
+"""Independent jobs in worker processes where every wait has a bound: the one runner of the comparison, replicates
+and gate.
 
 `run_jobs(fn, jobs, init, initargs, processes)` yields (job, fn(job, env)) as each finishes, env being what
 `init(*initargs, threads)` returned once per process; `pool_size` says how many processes (the study's workers too).
@@ -36,7 +37,9 @@ def pool_size(n_jobs: int, device: torch.device | str = "cpu", cpus: int | None 
 
 
 # The bounds of every wait of the runner, named here with their defaults (Bounds overrides them per call).
-RESULT_TIMEOUT_S = 3600.0  # longest wait for the next result: the longest job of `latent` (an AE replicate) takes minutes
+RESULT_TIMEOUT_S = (
+    3600.0  # longest wait for the next result: the longest job of `latent` (an AE replicate) takes minutes
+)
 POOL_RETRIES = 2  # fresh pools started again for the jobs a dead pool process lost (kill -9, out of memory)
 
 
@@ -129,16 +132,22 @@ def run_jobs(
             round_.close()  # the caller stopped (its own error): the pool's processes go now, not at collection
         if not todo:
             return
-    raise BenchError(f"{len(todo)} job(s) lost: a pool process died {bounds.retries + 1} times "
-                     f"(bench.pool.POOL_RETRIES = {bounds.retries} retries); see the log for what killed it")
+    raise BenchError(
+        f"{len(todo)} job(s) lost: a pool process died {bounds.retries + 1} times "
+        f"(bench.pool.POOL_RETRIES = {bounds.retries} retries); see the log for what killed it"
+    )
 
 
 def _pool_round(fn, jobs: list, todo: list[int], init, initargs: tuple, processes: int, bounds: Bounds):
     """Run jobs[todo] in one fresh pool, yielding (index, result) as each comes; returns the indices lost
     to a dead pool process.
     Raises BenchError on an initializer failure or a hung pool."""
-    ex = ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn"),  # spawn: the caller holds threads and sockets
-                             initializer=_init, initargs=(init, initargs, 1))
+    ex = ProcessPoolExecutor(
+        processes,
+        mp_context=mp.get_context("spawn"),  # spawn: the caller holds threads and sockets
+        initializer=_init,
+        initargs=(init, initargs, 1),
+    )
     killed = True
     try:
         futures = {ex.submit(_call, fn, jobs[i]): i for i in todo}
@@ -148,8 +157,10 @@ def _pool_round(fn, jobs: list, todo: list[int], init, initargs: tuple, processe
             t0 = time.monotonic()
             finished, pending = wait(pending, timeout=bounds.result_timeout_s, return_when=FIRST_COMPLETED)
             if not finished:
-                raise BenchError(f"no job finished within {time.monotonic() - t0:.0f} s "
-                                 f"(bench.pool.RESULT_TIMEOUT_S = {bounds.result_timeout_s:g}); stopped the pool")
+                raise BenchError(
+                    f"no job finished within {time.monotonic() - t0:.0f} s "
+                    f"(bench.pool.RESULT_TIMEOUT_S = {bounds.result_timeout_s:g}); stopped the pool"
+                )
             for f in finished:
                 exc = f.exception()
                 if isinstance(exc, BrokenProcessPool):

@@ -29,7 +29,7 @@ def split_password(url: str) -> tuple[str, str | None, str | None]:
     if not m:
         return url, None, None
     password = None if m["password"] is None else unquote(m["password"])
-    return f"{m['scheme']}{m['user']}@{url[m.end():]}", unquote(m["user"]) or None, password
+    return f"{m['scheme']}{m['user']}@{url[m.end() :]}", unquote(m["user"]) or None, password
 
 
 def password_env(url: str) -> tuple[str, dict[str, str]]:

@@ -31,7 +31,8 @@ from vae.train import TrainConfig
 
 @dataclass(frozen=True)
 class Replicate:
-    """One replicate run the study asks for: a model of the best trial's configuration at a latent size, with one seed."""
+    """One replicate run the study asks for: a model of the best trial's configuration at a latent size,
+    with one seed."""
 
     kind: str  # a bench.models kind
     latent_dim: int
@@ -49,8 +50,14 @@ class Replicate:
 
     def job(self, model_cfg: ModelConfig, train_cfg: TrainConfig) -> ModelJob:
         """The unit of work that makes it: the trial's configs with this seed, scored as a replicate."""
-        return ModelJob(self.kind, model_cfg, dataclasses.replace(train_cfg, seed=self.seed), scoring="replicate",
-                        of_run=self.of_run, of_trial=self.of_trial)
+        return ModelJob(
+            self.kind,
+            model_cfg,
+            dataclasses.replace(train_cfg, seed=self.seed),
+            scoring="replicate",
+            of_run=self.of_run,
+            of_trial=self.of_trial,
+        )
 
 
 def train_replicate(
@@ -59,8 +66,14 @@ def train_replicate(
     """The model `kind` with `train_cfg` but `seed`, and its per-epoch history (empty for PCA):
     bench.models.fit_model, the recipe the trials and the baselines are made with."""
     history: list[dict[str, float]] = []
-    model = models.fit_model(kind, model_cfg, dataclasses.replace(train_cfg, seed=seed), data, device,
-                             on_epoch_end=lambda epoch, metrics: history.append(metrics))
+    model = models.fit_model(
+        kind,
+        model_cfg,
+        dataclasses.replace(train_cfg, seed=seed),
+        data,
+        device,
+        on_epoch_end=lambda epoch, metrics: history.append(metrics),
+    )
     return model, history
 
 
@@ -103,8 +116,12 @@ def run_replicates(ctx: StudyContext, ood: OODScoring | None = None, processes: 
     if not todo:
         return 0
     classifier = load_classifier(ctx.data)  # trained and cached here, once, before any process needs it
-    jobs = sorted((rep.job(*trial_configs(best[rep.latent_dim], spec)) for rep in todo), key=lambda j: (j.seed, -j.cost))
-    env = JobEnv(ctx.data, classifier, ctx.device, spec.baselines.fd_samples, spec.eval.iw_samples, spec.eval.iw_images, ood)
+    jobs = sorted(
+        (rep.job(*trial_configs(best[rep.latent_dim], spec)) for rep in todo), key=lambda j: (j.seed, -j.cost)
+    )
+    env = JobEnv(
+        ctx.data, classifier, ctx.device, spec.baselines.fd_samples, spec.eval.iw_samples, spec.eval.iw_images, ood
+    )
     bar = tqdm(total=len(jobs), desc="replicates", unit="run", disable=not ctx.progress)
     try:
         for r in compute(jobs, env, processes):
@@ -117,11 +134,18 @@ def run_replicates(ctx: StudyContext, ood: OODScoring | None = None, processes: 
 
 def _log_replicate(r, ctx: StudyContext) -> None:
     job = r.job
-    note = (f"Seed replicate of the {job.kind} compared at latent size {job.latent}: the configuration of "
-            f"trial {job.of_trial} (run {job.of_run}) trained again with seed {job.seed}; every random draw of its "
-            "scoring comes from that seed too. The report's intervals and verdicts are made from these runs.")
-    tags = {T.ROLE: T.REPLICATE_ROLE, T.SEED: job.seed, T.REPLICATE_OF: job.of_run,
-            T.REPLICATE_OF_TRIAL: job.of_trial, T.NOTE: note}
+    note = (
+        f"Seed replicate of the {job.kind} compared at latent size {job.latent}: the configuration of "
+        f"trial {job.of_trial} (run {job.of_run}) trained again with seed {job.seed}; every random draw of its "
+        "scoring comes from that seed too. The report's intervals and verdicts are made from these runs."
+    )
+    tags = {
+        T.ROLE: T.REPLICATE_ROLE,
+        T.SEED: job.seed,
+        T.REPLICATE_OF: job.of_run,
+        T.REPLICATE_OF_TRIAL: job.of_trial,
+        T.NOTE: note,
+    }
     if OOD_AUROC in r.scores:
         tags[OOD_TAG] = ctx.spec.eval.ood_dataset
     log_model_run(ctx, r, job.name, tags)

@@ -9,9 +9,9 @@ winner of a (metric, latent size) only when Welch's test, Holm-adjusted across t
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +22,17 @@ from bench.frontier import REFERENCE, rate_distortion_figure, rate_distortion_po
 from bench.metrics import COMPARISON, VAE_TEST, better
 from bench.spec import check_study_name
 from bench.stats import ALPHA, LEVEL, holm, t_interval, welch_p
-from bench.tracking import REPLICATE_OF_TAG, REPLICATE_ROLE, ROLE_TAG, SEED_TAG
 from bench.tags import IMAGE_KEYS, grid_file
-from bench.tuning import best_per_search, expected_best_figure, expected_best_table, latent_sanity, rankings, search_seed_spread, trial_scores
+from bench.tracking import REPLICATE_OF_TAG, REPLICATE_ROLE, ROLE_TAG, SEED_TAG
+from bench.tuning import (
+    best_per_search,
+    expected_best_figure,
+    expected_best_table,
+    latent_sanity,
+    rankings,
+    search_seed_spread,
+    trial_scores,
+)
 
 # metrics every model has (test/ood_auroc when the study names an OOD dataset), in the order the
 # table shows them, with the direction that is better
@@ -38,16 +46,28 @@ NA = "n/a"
 
 @dataclass
 class Report:
-    table: pd.DataFrame  # one row per (model, latent_dim): the shared metrics (means over replicates, with HW and N columns)
+    table: (
+        pd.DataFrame
+    )  # one row per (model, latent_dim): the shared metrics (means over replicates, with HW and N columns)
     vae_table: pd.DataFrame  # one row per latent_dim, the VAE-only metrics (the same way)
     runs: pd.DataFrame  # the compared runs (run_id, model, latent_dim)
-    replicates: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per replicate run: model, latent_dim, seed, metrics
-    verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (latent_dim, metric, other model): the tests
+    replicates: pd.DataFrame = field(
+        default_factory=pd.DataFrame
+    )  # one row per replicate run: model, latent_dim, seed, metrics
+    verdicts: pd.DataFrame = field(
+        default_factory=pd.DataFrame
+    )  # one row per (latent_dim, metric, other model): the tests
     rd_points: pd.DataFrame | None = None  # every finished trial's rate and distortion (bench.frontier)
-    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)  # per latent size: trials, best, last-doubling gain, under-tuned (bench.tuning)
-    tuning_curve: pd.DataFrame = field(default_factory=pd.DataFrame)  # per (latent size, n): expected best of n trials and its band
+    tuning: pd.DataFrame = field(
+        default_factory=pd.DataFrame
+    )  # per latent size: trials, best, last-doubling gain, under-tuned (bench.tuning)
+    tuning_curve: pd.DataFrame = field(
+        default_factory=pd.DataFrame
+    )  # per (latent size, n): expected best of n trials and its band
     sanity: list[str] = field(default_factory=list)  # sizes that fit worse than a smaller one, with the likely cause
-    search_best: pd.DataFrame = field(default_factory=pd.DataFrame)  # per (search, latent size): its best val/elbo (--search-seeds)
+    search_best: pd.DataFrame = field(
+        default_factory=pd.DataFrame
+    )  # per (search, latent size): its best val/elbo (--search-seeds)
 
     def search_spread_text(self) -> str:
         """The spread of the best val/elbo across the searches (search seeds), beside the replicates' interval."""
@@ -60,9 +80,12 @@ class Report:
         ranks = rankings(self.search_best)
         same = len({tuple(r) for r in ranks.values()}) == 1
         lines = [f"{s}: {' > '.join(map(str, r))}" for s, r in ranks.items()]
-        return (spread.to_string(index=False, float_format=lambda v: f"{v:.2f}")
-                + "\nlatent sizes by best val/elbo in each search:\n  " + "\n  ".join(lines)
-                + f"\nthe ranking {'is the same in every search' if same else 'differs between searches'}")
+        return (
+            spread.to_string(index=False, float_format=lambda v: f"{v:.2f}")
+            + "\nlatent sizes by best val/elbo in each search:\n  "
+            + "\n  ".join(lines)
+            + f"\nthe ranking {'is the same in every search' if same else 'differs between searches'}"
+        )
 
     @property
     def under_tuned(self) -> list[int]:
@@ -89,20 +112,33 @@ class Report:
         replicates), the verdicts and any size that fits worse than a smaller one."""
         tuning = ""
         if not self.tuning.empty:
-            tuning = ("search budget per latent size (best val/elbo; gain of the last doubling of trials in the "
-                      "expected best; band_hw: half-width of its 95 % bootstrap band; under-tuned: that gain exceeds the size's "
-                      "training-seed noise (replicates' test/elbo half-width) and 0.5 nats):\n" + self.tuning_text() + "\n\n")
+            tuning = (
+                "search budget per latent size (best val/elbo; gain of the last doubling of trials in the "
+                "expected best; band_hw: half-width of its 95 % bootstrap band; under-tuned: that gain exceeds "
+                "the size's training-seed noise (replicates' test/elbo half-width) and 0.5 nats):\n"
+                + self.tuning_text()
+                + "\n\n"
+            )
         sanity = "".join(f"\nworse with a larger latent size: {line}" for line in self.sanity)
         if self.search_spread_text():
-            sanity += ("\n\nbest val/elbo across search seeds (searches differing only by the sampler's seed), beside "
-                       "the replicates' test/elbo 95 % half-width:\n" + self.search_spread_text())
+            sanity += (
+                "\n\nbest val/elbo across search seeds (searches differing only by the sampler's seed), beside "
+                "the replicates' test/elbo 95 % half-width:\n" + self.search_spread_text()
+            )
         with pd.option_context("display.width", 250, "display.max_columns", 40, "display.max_colwidth", 40):
             if not self.has_replicates:
                 return tuning + self.table.to_string(index=False, float_format=lambda v: f"{v:.4g}") + sanity
-            return tuning + (display_table(self.table, list(SHARED_METRICS)).to_string(index=False)
+            return (
+                tuning
+                + (
+                    display_table(self.table, list(SHARED_METRICS)).to_string(index=False)
                     + f"\n\nmean ± {LEVEL:.0%} t-interval half-width over n seed replicates\n"
-                    + f"verdicts (Welch t-test of the best mean against each other model, Holm-adjusted "
-                    + f"across the table, alpha {ALPHA}):\n" + self.verdict_table().to_string(index=False)) + sanity
+                    + "verdicts (Welch t-test of the best mean against each other model, Holm-adjusted "
+                    + f"across the table, alpha {ALPHA}):\n"
+                    + self.verdict_table().to_string(index=False)
+                )
+                + sanity
+            )
 
 
 def compared_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -132,14 +168,16 @@ def replicate_runs(runs: pd.DataFrame, compared: pd.DataFrame) -> pd.DataFrame:
     out["seed"] = out[f"tags.{SEED_TAG}"].astype(int)
     cols = [c for c in out if c.startswith("metrics.test/")]
     out = out[["run_id", "model", "latent_dim", "seed", *cols]].rename(columns=lambda c: c.removeprefix("metrics."))
-    return out.sort_values(["latent_dim", "model", "seed"]).drop_duplicates(["model", "latent_dim", "seed"], keep="last")
+    return out.sort_values(["latent_dim", "model", "seed"]).drop_duplicates(
+        ["model", "latent_dim", "seed"], keep="last"
+    )
 
 
 def aggregate(reps: pd.DataFrame, metrics: list[str], by: list[str]) -> pd.DataFrame:
     """One row per group of replicates: for each metric its mean, 95 % t half-width (HW) and n (N)."""
     rows = []
     for keys, g in reps.groupby(by):
-        row = dict(zip(by, keys if isinstance(keys, tuple) else (keys,)))
+        row = dict(zip(by, keys if isinstance(keys, tuple) else (keys,), strict=False))
         row["n"] = len(g)
         for m in metrics:
             if m in g:
@@ -150,7 +188,9 @@ def aggregate(reps: pd.DataFrame, metrics: list[str], by: list[str]) -> pd.DataF
 
 def _order(df: pd.DataFrame) -> pd.DataFrame:
     order = {m: i for i, m in enumerate(MODELS)}
-    return df.sort_values(["latent_dim", "model"], key=lambda s: s.map(order) if s.name == "model" else s).reset_index(drop=True)
+    return df.sort_values(["latent_dim", "model"], key=lambda s: s.map(order) if s.name == "model" else s).reset_index(
+        drop=True
+    )
 
 
 def build_report(runs: pd.DataFrame) -> Report:
@@ -160,7 +200,9 @@ def build_report(runs: pd.DataFrame) -> Report:
         raise BenchError("the study has no compared runs yet: run it to the end with its [baselines] first")
     vae = sel[sel["model"] == "vae"]
     vcols = [f"metrics.{m}" for m in VAE_METRICS if f"metrics.{m}" in vae]
-    vae_table = vae[["latent_dim", *vcols]].rename(columns=lambda c: c.removeprefix("metrics.")).sort_values("latent_dim")
+    vae_table = (
+        vae[["latent_dim", *vcols]].rename(columns=lambda c: c.removeprefix("metrics.")).sort_values("latent_dim")
+    )
     rd = rate_distortion_points(runs, set(vae["run_id"]))  # every finished trial's rate and distortion
     reps = replicate_runs(runs, sel)
     if not reps.empty:
@@ -168,12 +210,21 @@ def build_report(runs: pd.DataFrame) -> Report:
     else:
         cols = [f"metrics.{m}" for m in SHARED_METRICS if f"metrics.{m}" in sel]
         table = _order(sel[["model", "latent_dim", *cols]].rename(columns=lambda c: c.removeprefix("metrics.")))
-        report = Report(table, vae_table.reset_index(drop=True), sel[["run_id", "model", "latent_dim"]],
-                        verdicts=significance_tests(table, None), rd_points=rd)
+        report = Report(
+            table,
+            vae_table.reset_index(drop=True),
+            sel[["run_id", "model", "latent_dim"]],
+            verdicts=significance_tests(table, None),
+            rd_points=rd,
+        )
     scores = trial_scores(runs)
     if not scores.empty:
         hw = "test/elbo" + HW  # the training seed's noise, where there are replicates
-        noise = dict(zip(report.vae_table["latent_dim"], report.vae_table[hw])) if hw in report.vae_table else None
+        noise = (
+            dict(zip(report.vae_table["latent_dim"], report.vae_table[hw], strict=False))
+            if hw in report.vae_table
+            else None
+        )
         report.tuning, report.tuning_curve = expected_best_table(scores, noise=noise)
     report.sanity = latent_sanity(report.vae_table, report.tuning)
     return report
@@ -194,8 +245,14 @@ def replicate_report(
         paper = [m for m in PAPER_METRICS if m in compared_vae and compared_vae[m].notna().any()]
         if paper:
             vae_table = vae_table.merge(compared_vae[["latent_dim", *paper]], on="latent_dim", how="left")
-    return Report(table, vae_table, runs, replicates=reps.reset_index(drop=True), verdicts=significance_tests(table, reps),
-                  rd_points=rd)
+    return Report(
+        table,
+        vae_table,
+        runs,
+        replicates=reps.reset_index(drop=True),
+        verdicts=significance_tests(table, reps),
+        rd_points=rd,
+    )
 
 
 def significance_tests(table: pd.DataFrame, reps: pd.DataFrame | None, alpha: float = ALPHA) -> pd.DataFrame:
@@ -214,11 +271,26 @@ def significance_tests(table: pd.DataFrame, reps: pd.DataFrame | None, alpha: fl
             for _, other in g2[g2["model"] != best["model"]].iterrows():
                 p = math.nan
                 if reps is not None and not reps.empty:
-                    sample = lambda model: reps.loc[(reps["model"] == model) & (reps["latent_dim"] == latent), m].tolist()  # noqa: E731
-                    p = welch_p(sample(best["model"]), sample(other["model"]))
-                rows.append({"latent_dim": latent, "metric": m, "better": direction, "best": best["model"],
-                             "other": other["model"], "best_mean": best[m], "other_mean": other[m], "p": p})
-    out = pd.DataFrame(rows, columns=["latent_dim", "metric", "better", "best", "other", "best_mean", "other_mean", "p"])
+                    size = reps["latent_dim"] == latent
+                    p = welch_p(
+                        reps.loc[size & (reps["model"] == best["model"]), m].tolist(),
+                        reps.loc[size & (reps["model"] == other["model"]), m].tolist(),
+                    )
+                rows.append(
+                    {
+                        "latent_dim": latent,
+                        "metric": m,
+                        "better": direction,
+                        "best": best["model"],
+                        "other": other["model"],
+                        "best_mean": best[m],
+                        "other_mean": other[m],
+                        "p": p,
+                    }
+                )
+    out = pd.DataFrame(
+        rows, columns=["latent_dim", "metric", "better", "best", "other", "best_mean", "other_mean", "p"]
+    )
     out["p_holm"] = holm(out["p"].tolist()) if len(out) else []
     out["significant"] = out["p_holm"] < alpha  # NaN compares False
     return out
@@ -273,9 +345,9 @@ def winners(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for latent, g in table.groupby("latent_dim"):
         row = {"latent_dim": latent}
-        for m, better in SHARED_METRICS.items():
-            if better != "none" and m in g and g[m].notna().any():
-                idx = g[m].idxmax() if better == "higher" else g[m].idxmin()
+        for m, direction in SHARED_METRICS.items():
+            if direction != "none" and m in g and g[m].notna().any():
+                idx = g[m].idxmax() if direction == "higher" else g[m].idxmin()
                 row[m] = g.loc[idx, "model"]
         rows.append(row)
     return pd.DataFrame(rows)
@@ -291,37 +363,75 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 def write_report(report: Report, out: Path, tracker=None, study: str = "") -> list[Path]:
     """Tables, plots and image grids into `out`; returns the files written."""
-    from bench.plots import metric_vs_latent
-
     import matplotlib.pyplot as plt
+
+    from bench.plots import metric_vs_latent
 
     out.mkdir(parents=True, exist_ok=True)
     files = []
     report.table.to_csv(out / "comparison.csv", index=False)
     report.vae_table.to_csv(out / "vae_metrics.csv", index=False)
     report.verdicts.to_csv(out / "verdicts.csv", index=False)
-    head = [f"# {study}: VAE vs autoencoder vs PCA", "",
-            "Test set, nats per image for BCE, squared error per image for MSE; accuracies in [0, 1]; "
-            "sample_fd is a Fréchet distance and sample_kid a squared MMD (lower is better; sample_kid_se its "
-            "standard error); sample_precision and sample_recall are fractions (fidelity and diversity, higher is better); "
-            "ood_auroc is 0.5 at chance, above when the model finds the OOD images less likely, below when it prefers them.", ""]
-    verdict_note = (f"Welch t-test of the best mean against each other model, p-values Holm-adjusted across the "
-                    f"whole table (family-wise alpha {ALPHA}); a winner is named only when it beats every other "
-                    f"model, \"tie\" lists the models the replicates cannot tell apart.")
+    head = [
+        f"# {study}: VAE vs autoencoder vs PCA",
+        "",
+        "Test set, nats per image for BCE, squared error per image for MSE; accuracies in [0, 1]; "
+        "sample_fd is a Fréchet distance and sample_kid a squared MMD (lower is better; sample_kid_se its "
+        "standard error); sample_precision and sample_recall are fractions (fidelity and diversity, higher is better); "
+        "ood_auroc is 0.5 at chance, above when the model finds the OOD images less likely, "
+        "below when it prefers them.",
+        "",
+    ]
+    verdict_note = (
+        f"Welch t-test of the best mean against each other model, p-values Holm-adjusted across the "
+        f"whole table (family-wise alpha {ALPHA}); a winner is named only when it beats every other "
+        f'model, "tie" lists the models the replicates cannot tell apart.'
+    )
     if report.has_replicates:
         seeds = sorted(report.replicates["seed"].unique())
-        md = [*head, f"Each cell: mean ± {LEVEL:.0%} t-interval half-width over n seed replicates "
-              f"(seeds {', '.join(map(str, seeds))}: each compared configuration trained again, every random draw of "
-              "its scoring from the seed); not the selected trial itself.", "",
-              to_markdown(display_table(report.table, list(SHARED_METRICS))), "",
-              "## Verdicts", "", verdict_note, "", to_markdown(report.verdict_table()), "",
-              "## VAE only", "", to_markdown(display_table(report.vae_table, [m for m in VAE_METRICS if m in report.vae_table])), ""]
+        md = [
+            *head,
+            f"Each cell: mean ± {LEVEL:.0%} t-interval half-width over n seed replicates "
+            f"(seeds {', '.join(map(str, seeds))}: each compared configuration trained again, every random draw of "
+            "its scoring from the seed); not the selected trial itself.",
+            "",
+            to_markdown(display_table(report.table, list(SHARED_METRICS))),
+            "",
+            "## Verdicts",
+            "",
+            verdict_note,
+            "",
+            to_markdown(report.verdict_table()),
+            "",
+            "## VAE only",
+            "",
+            to_markdown(display_table(report.vae_table, [m for m in VAE_METRICS if m in report.vae_table])),
+            "",
+        ]
     else:
-        md = [*head, "One run per cell (n = 1): no intervals, and no verdicts (add [replicates] to the study).", "",
-              to_markdown(report.table), "", "## Best model per latent size", "",
-              "By point estimate; whether the differences beat the noise is unknown without replicates.", "",
-              to_markdown(winners(report.table)), "", "## Verdicts", "", verdict_note, "",
-              to_markdown(report.verdict_table()), "", "## VAE only", "", to_markdown(report.vae_table), ""]
+        md = [
+            *head,
+            "One run per cell (n = 1): no intervals, and no verdicts (add [replicates] to the study).",
+            "",
+            to_markdown(report.table),
+            "",
+            "## Best model per latent size",
+            "",
+            "By point estimate; whether the differences beat the noise is unknown without replicates.",
+            "",
+            to_markdown(winners(report.table)),
+            "",
+            "## Verdicts",
+            "",
+            verdict_note,
+            "",
+            to_markdown(report.verdict_table()),
+            "",
+            "## VAE only",
+            "",
+            to_markdown(report.vae_table),
+            "",
+        ]
     files += _tuning(report, out, md)
     files += _rate_distortion(report, out, study, md)
     (out / "comparison.md").write_text("\n".join(md), encoding="utf-8")
@@ -352,27 +462,46 @@ def _tuning(report: Report, out: Path, md: list[str]) -> list[Path]:
         plt.close(fig)
         files += [out / "tuning.csv", out / "expected_best.csv", out / "expected_best.png"]
         flagged = report.under_tuned
-        md += ["## Is the search's budget enough?", "",
-               "Per latent size: its trials (pruned ones count with their last validation ELBO), the best "
-               "`val/elbo`, and the gain of the last doubling of trials in the expected best of n trials (the "
-               "expected maximum of n of them drawn without replacement, Dodge et al. 2019; curve and "
-               f"{LEVEL:.0%} bootstrap band in `expected_best.png`, its half-width at all trials `band_hw`). "
-               "**under-tuned**: that gain is larger than the size's training-seed noise (the replicates' 95 % "
-               "half-width of test ELBO) and than 0.5 nats: the curve still rises, so more trials would likely "
-               "find a better VAE of that size.", "",
-               to_markdown(report.tuning.assign(under_tuned=["**under-tuned**" if u else "" for u in report.tuning["under_tuned"]])),
-               "", f"Under-tuned: {', '.join(map(str, flagged))}." if flagged else "No size is under-tuned.", ""]
+        md += [
+            "## Is the search's budget enough?",
+            "",
+            "Per latent size: its trials (pruned ones count with their last validation ELBO), the best "
+            "`val/elbo`, and the gain of the last doubling of trials in the expected best of n trials (the "
+            "expected maximum of n of them drawn without replacement, Dodge et al. 2019; curve and "
+            f"{LEVEL:.0%} bootstrap band in `expected_best.png`, its half-width at all trials `band_hw`). "
+            "**under-tuned**: that gain is larger than the size's training-seed noise (the replicates' 95 % "
+            "half-width of test ELBO) and than 0.5 nats: the curve still rises, so more trials would likely "
+            "find a better VAE of that size.",
+            "",
+            to_markdown(
+                report.tuning.assign(under_tuned=["**under-tuned**" if u else "" for u in report.tuning["under_tuned"]])
+            ),
+            "",
+            f"Under-tuned: {', '.join(map(str, flagged))}." if flagged else "No size is under-tuned.",
+            "",
+        ]
     if report.search_spread_text():
         report.search_best.to_csv(out / "search_seeds.csv", index=False)
         files.append(out / "search_seeds.csv")
-        md += ["## The search's own noise", "",
-               "The same study searched again with other sampler seeds (`--search-seeds`): per latent size, the spread "
-               "of the best `val/elbo` across the searches, beside the replicates' 95 % half-width of `test/elbo` "
-               "(the training seed's noise).", "", "```", report.search_spread_text(), "```", ""]
-    md += ["## Over latent size", "",
-           "With an equal budget per size, test ELBO should not fall, nor NLL rise, as the latent size grows, "
-           "beyond the sum of the two sizes' intervals."
-           + ("" if report.sanity else " None does."), ""]
+        md += [
+            "## The search's own noise",
+            "",
+            "The same study searched again with other sampler seeds (`--search-seeds`): per latent size, the spread "
+            "of the best `val/elbo` across the searches, beside the replicates' 95 % half-width of `test/elbo` "
+            "(the training seed's noise).",
+            "",
+            "```",
+            report.search_spread_text(),
+            "```",
+            "",
+        ]
+    md += [
+        "## Over latent size",
+        "",
+        "With an equal budget per size, test ELBO should not fall, nor NLL rise, as the latent size grows, "
+        "beyond the sum of the two sizes' intervals." + ("" if report.sanity else " None does."),
+        "",
+    ]
     md += [f"- {line}" for line in report.sanity] + ([""] if report.sanity else [])
     return files
 
@@ -386,17 +515,26 @@ def _rate_distortion(report: Report, out: Path, study: str, md: list[str]) -> li
     if pts is None or pts.empty:
         return []
     refs = report.table[report.table["model"].isin(["ae", "pca"])]
-    refs = refs[["model", "latent_dim", REFERENCE]].rename(columns={REFERENCE: "distortion"}) if REFERENCE in refs else refs.iloc[0:0]
+    refs = (
+        refs[["model", "latent_dim", REFERENCE]].rename(columns={REFERENCE: "distortion"})
+        if REFERENCE in refs
+        else refs.iloc[0:0]
+    )
     pts.to_csv(out / "rate_distortion.csv", index=False)
     fig = rate_distortion_figure(pts, refs, title=study or "rate-distortion")
     fig.savefig(out / "rate_distortion.png")
     plt.close(fig)
     front = pts[pts["pareto"]][["latent_dim", "trial", "rate", "distortion", "compared"]]
-    md += ["## Rate-distortion frontier", "",
-           "Each trial's last-epoch validation KL (rate) and reconstruction term (distortion), nats per image; "
-           "the Pareto-optimal trials per latent size below, all trials in `rate_distortion.csv`, "
-           "the picture in `rate_distortion.png` (AE and PCA lines: their test `code_recon_bce`).", "",
-           to_markdown(front.assign(elbo=-(front["rate"] + front["distortion"]))), ""]
+    md += [
+        "## Rate-distortion frontier",
+        "",
+        "Each trial's last-epoch validation KL (rate) and reconstruction term (distortion), nats per image; "
+        "the Pareto-optimal trials per latent size below, all trials in `rate_distortion.csv`, "
+        "the picture in `rate_distortion.png` (AE and PCA lines: their test `code_recon_bce`).",
+        "",
+        to_markdown(front.assign(elbo=-(front["rate"] + front["distortion"]))),
+        "",
+    ]
     return [out / "rate_distortion.csv", out / "rate_distortion.png"]
 
 
@@ -460,7 +598,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--study", default="latent", help="study name (its MLflow experiment)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
     p.add_argument("--parent-run", default=None, help="the study's parent run id (default: the latest one)")
     p.add_argument("--out", default=None, help="output folder (default: reports/<study>)")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")

@@ -43,34 +43,96 @@ def build_parser() -> argparse.ArgumentParser:
         "then the baselines (autoencoder, PCA) and a comparison report.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--study", default=DEFAULT_STUDY, help=f"a study shipped in studies/ ({', '.join(_shipped_studies())}) or a path to a .toml file")
-    p.add_argument("--n-trials", type=int, default=None, help="trials in total across all workers and resumes, for a study without strata (default: the study file's)")
-    p.add_argument("--trials-per-stratum", type=int, default=None, help="trials of each stratum (each latent size in latent), for a study with strata = true (default: the study file's)")
+    p.add_argument(
+        "--study",
+        default=DEFAULT_STUDY,
+        help=f"a study shipped in studies/ ({', '.join(_shipped_studies())}) or a path to a .toml file",
+    )
+    p.add_argument(
+        "--n-trials",
+        type=int,
+        default=None,
+        help="trials in total across all workers and resumes, for a study without strata (default: the study file's)",
+    )
+    p.add_argument(
+        "--trials-per-stratum",
+        type=int,
+        default=None,
+        help="trials of each stratum (each latent size in latent), for a study with strata = true "
+        "(default: the study file's)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the study file's)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts (default: the study file's, else none)")
-    p.add_argument("--storage", default=None, help="Optuna storage: a database URL (postgresql://..., sqlite:///optuna.db) or a journal file path (default: ./optuna.journal)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's default sqlite:///mlflow.db in the working directory)")
-    p.add_argument("--data-dir", default=None, help="folder with MNIST/raw and FashionMNIST/raw (default: $VAE_DATA_DIR, else ./data, downloaded there if missing)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds after which no new trial starts (default: the study file's, else none)",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage: a database URL (postgresql://..., sqlite:///optuna.db) or a journal file path "
+        "(default: ./optuna.journal)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's default sqlite:///mlflow.db "
+        "in the working directory)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with MNIST/raw and FashionMNIST/raw "
+        "(default: $VAE_DATA_DIR, else ./data, downloaded there if missing)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to train")
-    p.add_argument("--seed", type=int, default=None, help="overrides the training and sampler seeds (default: the study file's)")
-    p.add_argument("--replicates", type=int, default=None, help="seed replicates of each compared configuration, seeds train.seed+1 .. train.seed+N; 0: none (default: the study file's [replicates], else none)")
-    p.add_argument("--search-seeds", type=int, default=1,
-                   help="run the whole search this many times with sampler seeds seed, seed+1, ... (studies <study>, "
-                   "<study>-search1, ... in the same storage and MLflow experiment; only the first gets the baselines, "
-                   "replicates and report, which then gives the spread of each size's best val/elbo across the searches)")
+    p.add_argument(
+        "--seed", type=int, default=None, help="overrides the training and sampler seeds (default: the study file's)"
+    )
+    p.add_argument(
+        "--replicates",
+        type=int,
+        default=None,
+        help="seed replicates of each compared configuration, seeds train.seed+1 .. train.seed+N; "
+        "0: none (default: the study file's [replicates], else none)",
+    )
+    p.add_argument(
+        "--search-seeds",
+        type=int,
+        default=1,
+        help="run the whole search this many times with sampler seeds seed, seed+1, ... (studies <study>, "
+        "<study>-search1, ... in the same storage and MLflow experiment; only the first gets the baselines, "
+        "replicates and report, which then gives the spread of each size's best val/elbo across the searches)",
+    )
     p.add_argument("--search-index", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--workers", type=workers_arg, default="auto",
-                   help="local worker processes sharing the study, or auto: on a CPU one single-thread worker "
-                   "per core, at most one per trial (measured faster than one worker using all cores); "
-                   "on a GPU 1")
+    p.add_argument(
+        "--workers",
+        type=workers_arg,
+        default="auto",
+        help="local worker processes sharing the study, or auto: on a CPU one single-thread worker "
+        "per core, at most one per trial (measured faster than one worker using all cores); "
+        "on a GPU 1",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: CPU cores / workers)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--epoch-progress", action="store_true", help="also show a progress bar per epoch")
-    p.add_argument("--outage-timeout", type=float, default=DEFAULT_OUTAGE_S, metavar="SECONDS",
-                   help="how long to wait out an unreachable Optuna storage or MLflow tracking store mid-study "
-                   "before ending with exit code 3")
-    p.add_argument("--no-baselines", action="store_true", help="skip everything after the search: baselines, seed replicates, the paper-protocol NLL and the report")
-    p.add_argument("--report-dir", default=None, help="where the comparison report is written (default: reports/<study>)")
+    p.add_argument(
+        "--outage-timeout",
+        type=float,
+        default=DEFAULT_OUTAGE_S,
+        metavar="SECONDS",
+        help="how long to wait out an unreachable Optuna storage or MLflow tracking store mid-study "
+        "before ending with exit code 3",
+    )
+    p.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="skip everything after the search: baselines, seed replicates, the paper-protocol NLL and the report",
+    )
+    p.add_argument(
+        "--report-dir", default=None, help="where the comparison report is written (default: reports/<study>)"
+    )
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--no-finalize", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -122,9 +184,18 @@ def validate(args: argparse.Namespace) -> Validated:
 
     if args.search_seeds < 1 or args.search_seeds > 100:
         raise BenchError(f"--search-seeds must be between 1 and 100, got {args.search_seeds}")
-    spec = load_spec(args.study).with_overrides(
-        n_trials=args.n_trials, trials_per_stratum=args.trials_per_stratum, epochs=args.epochs, timeout_s=args.timeout, seed=args.seed, replicates=args.replicates
-    ).for_search(args.search_index)
+    spec = (
+        load_spec(args.study)
+        .with_overrides(
+            n_trials=args.n_trials,
+            trials_per_stratum=args.trials_per_stratum,
+            epochs=args.epochs,
+            timeout_s=args.timeout,
+            seed=args.seed,
+            replicates=args.replicates,
+        )
+        .for_search(args.search_index)
+    )
     if args.workers != "auto" and (args.workers < 1 or args.workers > 64):
         raise BenchError(f"--workers must be between 1 and 64, got {args.workers} (or auto)")
     if not args.outage_timeout >= 0:
@@ -171,8 +242,8 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated) -> Outcome:
     import optuna
     import torch
 
-    from bench.context import StudyContext
     from bench import tags as T
+    from bench.context import StudyContext
     from bench.finalize import finalize
     from bench.fingerprint import fingerprint
     from bench.objective import TrialRunner
@@ -198,7 +269,10 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated) -> Outcome:
     study, created = open_study(spec, storage, args.worker_index, fields, v.storage.display)
     tracker = Tracker(v.tracking_uri, spec.experiment_name, args.outage_timeout)
     parent = ensure_parent_run(study, created, spec, tracker)
-    budget = {T.N_TRIALS: spec.n_trials, **({T.TRIALS_PER_STRATUM: spec.trials_per_stratum} if spec.trials_per_stratum else {})}
+    budget = {
+        T.N_TRIALS: spec.n_trials,
+        **({T.TRIALS_PER_STRATUM: spec.trials_per_stratum} if spec.trials_per_stratum else {}),
+    }
     tracker.set_tags(parent, budget)  # the one setting a resume may raise: a tag, params are write-once
     ctx = StudyContext(study, spec, tracker, parent, data, v.device, v.data_root, progress)
     recovered = recover_dead_local_trials(study, tracker, stale)
@@ -229,8 +303,11 @@ def execute(args: argparse.Namespace, argv: list[str], v: Validated) -> Outcome:
             c.wait()
         if count(study, running) == 0:
             tracker.set_status(parent, "KILLED")
-        print(f"\ninterrupted; {count(study, FINISHED_STATES)} finished trials are kept. "
-              "Re-run the same command to resume.", file=sys.stderr)
+        print(
+            f"\ninterrupted; {count(study, FINISHED_STATES)} finished trials are kept. "
+            "Re-run the same command to resume.",
+            file=sys.stderr,
+        )
         return Outcome(130, ctx, 0, time.monotonic() - t0)
     except InfrastructureError as exc:
         for c in children:  # each waits out the same outage in vain: end them with this one
@@ -277,7 +354,9 @@ def close_orphan_runs(study, tracker, parent: str) -> None:
     for run in tracker.find_runs(parent=parent, tags={T.ROLE: "trial"}, status="RUNNING"):
         number = int(run.data.tags.get(T.TRIAL_NUMBER, -1))
         if number in state and state[number].is_finished():
-            tracker.close_if_running(run.info.run_id, "FAILED", "the tracking store was unreachable when the trial ended")
+            tracker.close_if_running(
+                run.info.run_id, "FAILED", "the tracking store was unreachable when the trial ended"
+            )
 
 
 def requeue_interrupted(study, tracker, stale, reason: str) -> None:
@@ -301,20 +380,22 @@ def requeue_interrupted(study, tracker, stale, reason: str) -> None:
 
 
 def print_summary(out: Outcome, uri: str) -> None:
-    from bench.study import FINISHED_STATES, count
-    from bench.trials import best_trial
     from bench import tags as T
     from bench.redact import mask
+    from bench.study import FINISHED_STATES, count
     from bench.tracking import runs_link, ui_command
+    from bench.trials import best_trial
 
     spec, study = out.ctx.spec, out.ctx.study
     best = best_trial(study, spec)
     # finishing: the parent run's summary, and the baselines and report when the study has them
     after = f", then {out.finalize_seconds:.0f} s to finish the study" if out.finalize_seconds >= 0.5 else ""
-    print(f"\nstudy {spec.name}: {count(study, FINISHED_STATES)}/{spec.n_trials} trials finished "
-          f"({out.ran} run by this process in {out.seconds:.0f} s{after})")
+    print(
+        f"\nstudy {spec.name}: {count(study, FINISHED_STATES)}/{spec.n_trials} trials finished "
+        f"({out.ran} run by this process in {out.seconds:.0f} s{after})"
+    )
     if best is not None:
-        values = ", ".join(f"{k} = {v:.2f}" for k, v in zip(spec.objectives, best.values))
+        values = ", ".join(f"{k} = {v:.2f}" for k, v in zip(spec.objectives, best.values, strict=False))
         if spec.multi_objective:
             print(f"Pareto front: {len(study.best_trials)} trials; the highest {spec.split}/elbo among them:")
         print(f"best trial {best.number}: {values}")
@@ -325,7 +406,8 @@ def print_summary(out: Outcome, uri: str) -> None:
     print(f"MLflow: experiment {spec.experiment_name!r}, parent run {out.ctx.parent_run_id} at {mask(uri)}")
     print(f"open the UI: {ui_command(uri)}")
     trials = f"tags.`{T.ROLE}` = 'trial'"  # the trials, best first; README shows more filters
-    print(f"  trials, best first: {runs_link(uri, out.ctx.tracker.experiment_id, trials, f'metrics.`{spec.objectives[0]}` ' + ('DESC' if spec.directions[0] == 'maximize' else 'ASC'))}")
+    order = f"metrics.`{spec.objectives[0]}` " + ("DESC" if spec.directions[0] == "maximize" else "ASC")
+    print(f"  trials, best first: {runs_link(uri, out.ctx.tracker.experiment_id, trials, order)}")
 
 
 @cli_main
@@ -341,8 +423,10 @@ def main(argv: list[str] | None = None) -> int:
             sub_out = execute(sub_args, sub, validate(sub_args))
             if sub_out.rc != 0:
                 return sub_out.rc
-            print(f"search {i} of {args.search_seeds} ({sub_out.ctx.spec.name}, sampler seed "
-                  f"{sub_out.ctx.spec.sampler.seed}): {sub_out.ran} trials run in {sub_out.seconds:.0f} s")
+            print(
+                f"search {i} of {args.search_seeds} ({sub_out.ctx.spec.name}, sampler seed "
+                f"{sub_out.ctx.spec.sampler.seed}): {sub_out.ran} trials run in {sub_out.seconds:.0f} s"
+            )
     out = execute(args, argv, v)
     if out.rc == 0 and not args.no_finalize:
         print_summary(out, v.tracking_uri)

@@ -51,7 +51,9 @@ def kid(generated: np.ndarray, real: np.ndarray, subsets: int = KID_SUBSETS, see
     """
     g, r = np.asarray(generated, np.float64), np.asarray(real, np.float64)
     if subsets < 1 or min(len(g), len(r)) < 2 * subsets:
-        raise ValueError(f"need at least {2 * subsets} points in each set for {subsets} subsets, got {len(g)} and {len(r)}")
+        raise ValueError(
+            f"need at least {2 * subsets} points in each set for {subsets} subsets, got {len(g)} and {len(r)}"
+        )
     rng = np.random.default_rng(seed)
     gi, ri = rng.permutation(len(g)), rng.permutation(len(r))
     mg, mr = len(g) // subsets, len(r) // subsets

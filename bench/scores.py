@@ -7,16 +7,16 @@ metrics: reconstruction, denoising, linear-probe and kNN accuracy of the codes, 
 from __future__ import annotations
 
 import torch
-from torch import nn
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from torch import nn
 
 from bench.baselines import training_images
+from bench.fd_classifier import FDClassifier, frechet_distance
 from bench.metrics import COMPARED
 from bench.models import generate_images, get
-from bench.fd_classifier import FDClassifier, frechet_distance
 from bench.sample_quality import sample_quality
 from vae.data import Corruption, Datasets, binarize_once, corrupt
 from vae.evaluate import encode, eval_mode
@@ -43,7 +43,7 @@ def reconstruction_errors(
     dev = next(model.parameters()).device
     bce = se = 0.0
     with eval_mode(model):
-        for xb, tb in zip(x.split(batch_size), target.split(batch_size)):
+        for xb, tb in zip(x.split(batch_size), target.split(batch_size), strict=False):
             logits = model.decode(model.codes(xb.to(dev))).float()
             tb = tb.to(dev).float()
             bce += bernoulli_nll(logits, tb).sum().item()
@@ -114,8 +114,8 @@ def score_model(
       `max_train_codes` training images (binarized once with `seed` under dynamic
       binarization), tested on the codes of the test images (see `probe_accuracies`).
     - test/sample_fd: Frechet distance of min(n_fd_samples, test size) generated images to the
-      test images in the classifier's feature space (see `sample_features`); the AE and PCA sample a Gaussian fitted to the same
-      training codes as the probes, the VAE its prior.
+      test images in the classifier's feature space (see `sample_features`); the AE and PCA sample
+      a Gaussian fitted to the same training codes as the probes, the VAE its prior.
     - test/sample_kid (with test/sample_kid_se), test/sample_precision, test/sample_recall: the same
       generated images and features (bench.sample_quality.sample_quality).
     Deterministic for a given seed.

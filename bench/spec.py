@@ -16,10 +16,11 @@ import sys
 import tomllib
 import types
 import typing
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import field, fields
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Iterator, Literal, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
@@ -156,9 +157,15 @@ class EvalSpec:
     where: ClassVar[str] = "eval."
 
     iw_samples: Annotated[int, Field(ge=1, le=100_000)] = 100  # k of the importance-weighted NLL (test/nll_iw)
-    iw_images: Annotated[int, Field(ge=1)] | None = None  # test images used for test/nll_iw (and per set for test/ood_auroc); None = all
-    paper_protocol: bool = False  # also score the best VAE with k = 5000 on the full test set (test/nll_iw_k5000): minutes on a CPU
-    ood_dataset: OodDataset | None = None  # the other dataset whose test images test/ood_auroc scores as OOD; None = no OOD check
+    iw_images: Annotated[int, Field(ge=1)] | None = (
+        None  # test images used for test/nll_iw (and per set for test/ood_auroc); None = all
+    )
+    paper_protocol: bool = (
+        False  # also score the best VAE with k = 5000 on the full test set (test/nll_iw_k5000): minutes on a CPU
+    )
+    ood_dataset: OodDataset | None = (
+        None  # the other dataset whose test images test/ood_auroc scores as OOD; None = no OOD check
+    )
 
 
 @spec_dataclass
@@ -196,7 +203,9 @@ class ReplicateSpec:
 
     where: ClassVar[str] = ""
 
-    seeds: Annotated[int, Field(ge=1, le=MAX_REPLICATES)] | Annotated[tuple[Seed, ...], Field(min_length=1)] | None = None
+    seeds: Annotated[int, Field(ge=1, le=MAX_REPLICATES)] | Annotated[tuple[Seed, ...], Field(min_length=1)] | None = (
+        None
+    )
 
     @field_validator("seeds", mode="wrap")
     @classmethod
@@ -206,7 +215,9 @@ class ReplicateSpec:
             return handler(seeds)
         except ValidationError:
             if not isinstance(seeds, tuple):
-                raise ValueError(f"seeds must be a count in [1, {MAX_REPLICATES}] or a list of seeds, got {seeds!r}") from None
+                raise ValueError(
+                    f"seeds must be a count in [1, {MAX_REPLICATES}] or a list of seeds, got {seeds!r}"
+                ) from None
             if not seeds:
                 raise ValueError("seeds must be a count >= 1 or a non-empty list of seeds, got []") from None
             for v in seeds:
@@ -272,12 +283,17 @@ class StudySpec:
     replicates: ReplicateSpec = field(default_factory=ReplicateSpec)
     path: Path | None = None  # the file it was read from
     text: str = ""  # the file's text, logged with the study
-    experiment: str | None = None  # the MLflow experiment; None: the study's name (search-seed studies share their base's)
+    experiment: str | None = (
+        None  # the MLflow experiment; None: the study's name (search-seed studies share their base's)
+    )
 
     def __post_init__(self) -> None:
         self._check_objectives()
         if self.eval.ood_dataset == self.data.dataset:
-            raise ValueError(f"eval.ood_dataset must differ from data.dataset ({self.data.dataset}): it is the dataset the model has not seen")
+            raise ValueError(
+                f"eval.ood_dataset must differ from data.dataset ({self.data.dataset}): "
+                "it is the dataset the model has not seen"
+            )
         seeds = self.replicate_seeds
         if self.train.seed in seeds:
             raise ValueError(
@@ -296,17 +312,27 @@ class StudySpec:
             raise ValueError(f"cover = true on {', '.join(covered)}: at most one searched parameter may be covered")
         stratified = [p for p in self.search if p.strata]
         if covered and stratified:
-            raise ValueError(f"cover = true on {covered[0]} and strata = true on {stratified[0].name}: "
-                             "a stratified search gives every choice its own trials already; drop cover")
+            raise ValueError(
+                f"cover = true on {covered[0]} and strata = true on {stratified[0].name}: "
+                "a stratified search gives every choice its own trials already; drop cover"
+            )
         if len(stratified) > 1:
-            raise ValueError(f"strata = true on {', '.join(p.name for p in stratified)}: at most one searched parameter may be the strata")
+            raise ValueError(
+                f"strata = true on {', '.join(p.name for p in stratified)}: "
+                "at most one searched parameter may be the strata"
+            )
         if stratified and self.trials_per_stratum is None:
-            raise ValueError(f"[search.{stratified[0].name}] strata = true needs study.trials_per_stratum (the budget of each choice)")
+            raise ValueError(
+                f"[search.{stratified[0].name}] strata = true needs study.trials_per_stratum "
+                "(the budget of each choice)"
+            )
         if self.trials_per_stratum is not None and not stratified:
             raise ValueError("study.trials_per_stratum needs a categorical search parameter with strata = true")
         if stratified and self.pruner.type == "hyperband":
-            raise ValueError("study.pruner: hyperband keeps its rungs on each trial, which a stratum's pruning "
-                             "(bench.strata) does not carry yet; use the median pruner or none with strata = true")
+            raise ValueError(
+                "study.pruner: hyperband keeps its rungs on each trial, which a stratum's pruning "
+                "(bench.strata) does not carry yet; use the median pruner or none with strata = true"
+            )
         if stratified:
             # derived, never given: every stratum gets the same budget
             object.__setattr__(self, "n_trials", self.trials_per_stratum * len(stratified[0].choices))
@@ -321,7 +347,9 @@ class StudySpec:
             raise ValueError(f"study.metric: a list needs at least two different metrics, got {list(keys)}")
         for k in keys:
             if k.startswith("val/") and self.data.val_size == 0:
-                raise ValueError(f"study.metric {k} needs a validation split; set data.val_size > 0 or use a train/ metric")
+                raise ValueError(
+                    f"study.metric {k} needs a validation split; set data.val_size > 0 or use a train/ metric"
+                )
         if len({k.split("/")[0] for k in keys}) > 1:
             raise ValueError(f"study.metric: the objectives must come from one split, got {list(keys)}")
         given = self.direction
@@ -331,15 +359,16 @@ class StudySpec:
                     f"study.direction: {len(keys)} metric(s) need {len(keys)} direction(s), got {given!r}; "
                     f"use direction = {list(self.directions) if many else self.directions[0]!r} or leave it out"
                 )
-            for k, d in zip(keys, given if many else (given,)):
+            for k, d in zip(keys, given if many else (given,), strict=False):
                 if d != METRIC_DIRECTIONS[k]:
                     raise ValueError(
-                        f"study.direction: {k} improves when it goes the other way; use direction = {METRIC_DIRECTIONS[k]!r}"
+                        f"study.direction: {k} improves when it goes the other way; "
+                        f"use direction = {METRIC_DIRECTIONS[k]!r}"
                     )
         if many and self.pruner.type != "none":
             raise ValueError(
                 f"study.pruner: Optuna cannot prune a multi-objective study ({', '.join(keys)}); "
-                "set pruner = { type = \"none\" } or leave it out"
+                'set pruner = { type = "none" } or leave it out'
             )
 
     @property
@@ -398,16 +427,21 @@ class StudySpec:
     def experiment_name(self) -> str:
         return self.experiment or self.name
 
-    def for_search(self, index: int) -> "StudySpec":
+    def for_search(self, index: int) -> StudySpec:
         """Search `index` of --search-seeds: search 0 is the study itself; search i the same study searched with
         sampler seed + i, as its own Optuna study `<name>-search<i>` in the same storage and MLflow experiment."""
         if index == 0:
             return self
         seed = None if self.sampler.seed is None else self.sampler.seed + index
-        return _replace(self, name=f"{self.name}-search{index}", experiment=self.name,
-                        sampler=_replace(self.sampler, seed=seed, where="--search-seeds"), where="--search-seeds")
+        return _replace(
+            self,
+            name=f"{self.name}-search{index}",
+            experiment=self.name,
+            sampler=_replace(self.sampler, seed=seed, where="--search-seeds"),
+            where="--search-seeds",
+        )
 
-    def with_overrides(self, **overrides: Any) -> "StudySpec":
+    def with_overrides(self, **overrides: Any) -> StudySpec:
         """Apply CLI overrides (n_trials, trials_per_stratum, epochs, timeout_s, seed, replicates) that are not None."""
         o = {k: v for k, v in overrides.items() if v is not None}
         spec = self
@@ -415,12 +449,16 @@ class StudySpec:
             if spec.strata_param is not None:
                 raise BenchError(
                     f"--n-trials: study {spec.name!r} gives each {spec.strata_param.name} the same budget; "
-                    f"use --trials-per-stratum (now {spec.trials_per_stratum} x {len(spec.strata)} strata = {spec.n_trials} trials)"
+                    f"use --trials-per-stratum "
+                    f"(now {spec.trials_per_stratum} x {len(spec.strata)} strata = {spec.n_trials} trials)"
                 )
             spec = _replace(spec, n_trials=o["n_trials"])
         if "trials_per_stratum" in o:
             if spec.strata_param is None:
-                raise BenchError(f"--trials-per-stratum: study {spec.name!r} has no search parameter with strata = true; use --n-trials")
+                raise BenchError(
+                    f"--trials-per-stratum: study {spec.name!r} has no search parameter with strata = true; "
+                    "use --n-trials"
+                )
             spec = _replace(spec, trials_per_stratum=o["trials_per_stratum"])
         if "timeout_s" in o:
             spec = _replace(spec, timeout_s=o["timeout_s"], where="--timeout")
@@ -454,7 +492,16 @@ def _replace(obj: Any, where: str | None = None, **changes: Any) -> Any:
 # ---------------------------------------------------------------- reading files
 
 SECTIONS = {"study", "data", "model", "train", "search", "eval", "baselines", "replicates"}
-STUDY_KEYS = ("name", "metric", "direction", "n_trials", "trials_per_stratum", "timeout_s", "sampler", "pruner")  # [study], in schema order
+STUDY_KEYS = (
+    "name",
+    "metric",
+    "direction",
+    "n_trials",
+    "trials_per_stratum",
+    "timeout_s",
+    "sampler",
+    "pruner",
+)  # [study], in schema order
 
 
 def available_studies() -> list[str]:
@@ -472,7 +519,8 @@ def resolve_study(name_or_path: str) -> Path:
     shipped = STUDIES_DIR / f"{name_or_path}.toml"
     if not shipped.is_file():
         raise BenchError(
-            f"unknown study {name_or_path!r}; available: {', '.join(available_studies())} (or pass a path to a .toml file)"
+            f"unknown study {name_or_path!r}; available: {', '.join(available_studies())} "
+            "(or pass a path to a .toml file)"
         )
     return shipped
 
@@ -522,7 +570,10 @@ def parse_spec(raw: dict, default_name: str, path: Path | None = None, text: str
     if bad:
         raise ValueError(f"unknown key(s) in [study]: {', '.join(bad)}; allowed: {', '.join(sorted(STUDY_KEYS))}")
     if "n_trials" in study and "trials_per_stratum" in study:
-        raise ValueError("[study] gives n_trials and trials_per_stratum; a stratified study's n_trials is derived: keep trials_per_stratum")
+        raise ValueError(
+            "[study] gives n_trials and trials_per_stratum; "
+            "a stratified study's n_trials is derived: keep trials_per_stratum"
+        )
     sampler = _build(SamplerSpec, "study.sampler", _table(study, "sampler"))
     # a multi-objective study cannot be pruned: left out, its pruner is "none" rather than "median"
     no_pruner = {"type": "none"} if isinstance(study.get("metric"), list) and "pruner" not in study else {}
@@ -541,21 +592,24 @@ def parse_spec(raw: dict, default_name: str, path: Path | None = None, text: str
     baselines = _build(BaselineSpec, "baselines", _table(raw, "baselines"))
     replicates = _build(ReplicateSpec, "replicates", _table(raw, "replicates"))
     top = {k: tuple(v) if isinstance(v, list) else v for k, v in study.items() if k not in ("sampler", "pruner")}
-    return _new(StudySpec, {
-        "name": default_name,
-        **top,
-        "sampler": sampler,
-        "pruner": pruner,
-        "data": data,
-        "model": model,
-        "train": train,
-        "search": tuple(search),
-        "eval": evals,
-        "baselines": baselines,
-        "replicates": replicates,
-        "path": path,
-        "text": text,
-    })
+    return _new(
+        StudySpec,
+        {
+            "name": default_name,
+            **top,
+            "sampler": sampler,
+            "pruner": pruner,
+            "data": data,
+            "model": model,
+            "train": train,
+            "search": tuple(search),
+            "eval": evals,
+            "baselines": baselines,
+            "replicates": replicates,
+            "path": path,
+            "text": text,
+        },
+    )
 
 
 # ---------------------------------------------------------------- the schema of a study file
@@ -578,7 +632,8 @@ def file_schema() -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "vaebench study file",
-        "description": "studies/*.toml, read by bench.spec.load_spec; written by bench.spec.file_schema (python -m bench.spec).",
+        "description": "studies/*.toml, read by bench.spec.load_spec; "
+        "written by bench.spec.file_schema (python -m bench.spec).",
         **table,
         "properties": {
             "study": {**table, "properties": {k: props[k] for k in STUDY_KEYS}},
@@ -664,7 +719,6 @@ def _allowed(tp: Any, meta: list[Any] = ()) -> str:
     if get_origin(tp) is tuple:
         return "a list"
     return getattr(tp, "__name__", str(tp))
-
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ import re
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -31,7 +31,12 @@ DEFAULT_JOURNAL = "optuna.journal"
 HEARTBEAT_INTERVAL_S = 5  # a live worker refreshes its trial's heartbeat this often
 GRACE_PERIOD_S = 20  # a trial whose heartbeat is older than this is stale: its worker died
 MAX_RETRY = 2  # a stale trial is re-queued at most this many times
-DEAD_WORKER_ATTRS = ("worker", "mlflow_run_id", "fail_reason", "infra_failure")  # trial user attrs a retry does not inherit
+DEAD_WORKER_ATTRS = (
+    "worker",
+    "mlflow_run_id",
+    "fail_reason",
+    "infra_failure",
+)  # trial user attrs a retry does not inherit
 CONNECT_TIMEOUT_S = 10  # a PostgreSQL connection attempt gives up after this long (libpq connect_timeout)
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 
@@ -72,7 +77,9 @@ def parse_storage(value: str | None) -> StorageTarget:
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]+):", value)  # two letters at least: C:\\ is a Windows path
     if scheme:
         name = scheme.group(1).split("+", 1)[0].lower()
-        hint = f"; did you mean {scheme.group(1)}:///{value[scheme.end():].lstrip('/')}?" if name in RDB_SCHEMES else ""
+        hint = (
+            f"; did you mean {scheme.group(1)}:///{value[scheme.end() :].lstrip('/')}?" if name in RDB_SCHEMES else ""
+        )
         raise BenchError(f"--storage {value!r} is neither a database URL (scheme://...) nor a journal file path{hint}")
     folder = Path(value).parent
     if not folder.is_dir():
@@ -97,8 +104,10 @@ def check_journal(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(len(SQLITE_MAGIC))
     if head == SQLITE_MAGIC:
-        raise BenchError(f"--storage {path} is an SQLite database, not an Optuna journal file; "
-                         f"to use it as the Optuna storage pass sqlite:///{path}")
+        raise BenchError(
+            f"--storage {path} is an SQLite database, not an Optuna journal file; "
+            f"to use it as the Optuna storage pass sqlite:///{path}"
+        )
     for attempt in range(2):
         data = path.read_bytes()
         bad = _journal_damage(data)
@@ -107,8 +116,10 @@ def check_journal(path: Path) -> None:
         if attempt == 0 and bad[1] == "its last line is cut short":
             time.sleep(JOURNAL_SETTLE_S)  # a writer's append may be in flight: look again
     line, what = bad
-    raise BenchError(f"--storage {path} is not a whole Optuna journal ({what}, line {line}): it was truncated or "
-                     "is another kind of file; restore it from a copy, or use another --storage")
+    raise BenchError(
+        f"--storage {path} is not a whole Optuna journal ({what}, line {line}): it was truncated or "
+        "is another kind of file; restore it from a copy, or use another --storage"
+    )
 
 
 def _journal_damage(data: bytes) -> tuple[int, str] | None:
@@ -126,7 +137,8 @@ def _journal_damage(data: bytes) -> tuple[int, str] | None:
 
 
 def check_reachable(target: StorageTarget, timeout_s: int = 5) -> None:
-    """Connect to a database storage once (writing nothing): InfrastructureError when it is down, BenchError when it refuses."""
+    """Connect to a database storage once (writing nothing): InfrastructureError when it is down,
+    BenchError when it refuses."""
     if target.kind != "rdb" or target.location.startswith("sqlite"):
         if target.location.startswith("sqlite:///"):
             folder = Path(target.location[len("sqlite:///") :]).parent
@@ -145,7 +157,9 @@ def check_reachable(target: StorageTarget, timeout_s: int = 5) -> None:
     except Exception as exc:
         first = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         error = InfrastructureError if transient(exc) else BenchError  # down (exit 3), or refused us (exit 2)
-        raise error(f"cannot reach the Optuna storage {target.display} ({first}); start the database or fix --storage") from None
+        raise error(
+            f"cannot reach the Optuna storage {target.display} ({first}); start the database or fix --storage"
+        ) from None
 
 
 def database_url(server: str, name: str) -> str:
@@ -232,9 +246,16 @@ def _patient(name: str) -> Callable:
 
 
 # each is one transaction of its own, so calling it again after a lost connection is safe
-for _name in (*optuna.storages.BaseStorage.__abstractmethods__, "get_best_trial", "get_trial_id_from_study_id_trial_number",
-              "get_trial_param", "get_trial_system_attrs", "get_trial_user_attrs", "_get_stale_trial_ids",
-              "_get_trials"):  # Optuna's cache (_CachedStorage) reads trials through this one
+for _name in (
+    *optuna.storages.BaseStorage.__abstractmethods__,
+    "get_best_trial",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_param",
+    "get_trial_system_attrs",
+    "get_trial_user_attrs",
+    "_get_stale_trial_ids",
+    "_get_trials",
+):  # Optuna's cache (_CachedStorage) reads trials through this one
     setattr(PatientRDBStorage, _name, _patient(_name))
 
 
@@ -300,7 +321,9 @@ def optuna_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     """The study's pruner; in a stratified study it judges each trial against its own stratum (bench.strata)."""
     p = spec.pruner
     factories: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps),
+        "median": lambda: optuna.pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        ),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.train.epochs),
         "none": lambda: optuna.pruners.NopPruner(),
     }

@@ -36,9 +36,11 @@ def stratum_of(trial: FrozenTrial) -> Any:
 
 
 def stratum_trials(study: optuna.Study, stratum: Any, states=FINISHED) -> list[FrozenTrial]:
-    """The stratum's trials in the given states, in the order the stratum ran them (its index, not the study's number)."""
+    """The stratum's trials in the given states, in the order the stratum ran them
+    (its index, not the study's number)."""
     found = [
-        t for t in study.get_trials(deepcopy=False, states=states)
+        t
+        for t in study.get_trials(deepcopy=False, states=states)
         if T.STRATUM_INDEX_ATTR in t.user_attrs and stratum_of(t) == stratum
     ]
     return sorted(found, key=lambda t: (t.user_attrs[T.STRATUM_INDEX_ATTR], t.number))
@@ -75,7 +77,7 @@ def next_assignment(study: optuna.Study, spec: StudySpec, start: int = 0) -> Ass
         else:
             finished[s] += 1
     strata = list(spec.strata)
-    order = strata[start % len(strata):] + strata[: start % len(strata)]
+    order = strata[start % len(strata) :] + strata[: start % len(strata)]
     left = [s for s in order if finished[s] < spec.trials_per_stratum]
     if not left:
         return DONE
@@ -150,7 +152,9 @@ class ProposalSampler(optuna.samplers.BaseSampler):
 
     def sample_independent(self, study, trial, param_name: str, param_distribution: BaseDistribution) -> Any:
         if param_name not in self.proposal:
-            raise RuntimeError(f"no proposal for {param_name!r}: a stratified study's trials are asked through bench.strata")
+            raise RuntimeError(
+                f"no proposal for {param_name!r}: a stratified study's trials are asked through bench.strata"
+            )
         return self.proposal[param_name]
 
 
@@ -178,7 +182,11 @@ def trial_record(study: optuna.Study) -> dict[tuple, tuple]:
     for t in study.get_trials(deepcopy=False, states=FINISHED):
         if T.STRATUM_INDEX_ATTR in t.user_attrs:
             out[(stratum_of(t), t.user_attrs[T.STRATUM_INDEX_ATTR])] = (
-                t.params, t.state.name, t.value, dict(sorted(t.intermediate_values.items())))
+                t.params,
+                t.state.name,
+                t.value,
+                dict(sorted(t.intermediate_values.items())),
+            )
     return out
 
 
@@ -187,10 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m bench.strata --study NAME STORAGE STORAGE`: do two runs of a stratified study hold the same trials?"""
     from bench.storage import open_storage, parse_storage
 
-    p = argparse.ArgumentParser(prog="python -m bench.strata", formatter_class=HelpFormatter,
-                                description="Compare the trials of one stratified study in two storages (e.g. run "
-                                "with --workers 1 and --workers 2): exit 0 when every trial's parameters, state, value "
-                                "and intermediate values are identical, 1 otherwise.")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.strata",
+        formatter_class=HelpFormatter,
+        description="Compare the trials of one stratified study in two storages (e.g. run "
+        "with --workers 1 and --workers 2): exit 0 when every trial's parameters, state, value "
+        "and intermediate values are identical, 1 otherwise.",
+    )
     p.add_argument("--study", required=True, help="the study's name in both storages")
     p.add_argument("storages", nargs=2, help="two Optuna storages: journal files or database URLs")
     args = p.parse_args(argv)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -36,7 +36,9 @@ POLL_S = 2.0
 SETTLE_S = 2.0  # how long joiners that make a parent run together wait to see each other's
 
 
-def open_study(spec: StudySpec, storage, seed_offset: int = 0, fingerprint: dict | None = None, where: str = "the storage") -> tuple[optuna.Study, bool]:
+def open_study(
+    spec: StudySpec, storage, seed_offset: int = 0, fingerprint: dict | None = None, where: str = "the storage"
+) -> tuple[optuna.Study, bool]:
     """Create the study, or load it if it exists; also says whether this process created it.
 
     Creation is atomic in the storage, so exactly one of many simultaneous workers gets True.
@@ -211,7 +213,13 @@ def run_worker(
         stale.on_stale = lambda t: close_trial_run(runner.tracker, t, "worker stopped sending heartbeats")
     ran = 0
     stratified = spec.strata_param is not None
-    bar = tqdm(total=spec.n_trials, initial=count(study, FINISHED_STATES), desc=f"study {spec.name}", unit="trial", disable=not progress)
+    bar = tqdm(
+        total=spec.n_trials,
+        initial=count(study, FINISHED_STATES),
+        desc=f"study {spec.name}",
+        unit="trial",
+        disable=not progress,
+    )
     try:
         while True:
             finished = count(study, FINISHED_STATES)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -30,10 +30,13 @@ def _plots(study: optuna.Study, spec: StudySpec) -> dict[str, Callable[[], objec
         for i, name in enumerate(names):
             short = name.replace("/", "_")
             if spec.search:
-                plots[f"slice_{short}"] = lambda i=i, name=name: ovm.plot_slice(study, target=lambda t: t.values[i], target_name=name)
+                plots[f"slice_{short}"] = lambda i=i, name=name: ovm.plot_slice(
+                    study, target=lambda t: t.values[i], target_name=name
+                )
             if len(spec.search) >= 2 and n_complete >= 2:
                 plots[f"param_importances_{short}"] = lambda i=i, name=name: ovm.plot_param_importances(
-                    study, target=lambda t: t.values[i], target_name=name)
+                    study, target=lambda t: t.values[i], target_name=name
+                )
         return plots
     plots: dict[str, Callable[[], object]] = {"optimization_history": lambda: ovm.plot_optimization_history(study)}
     if spec.search:
@@ -57,19 +60,26 @@ def summarize(ctx: StudyContext) -> None:
     best = ctx.bests.trial
     tracker.set_note(parent_run_id, parent_note(spec, best))
     if best is not None:
-        tags = {T.BEST_TRIAL: best.number, T.BEST_RUN_ID: best.user_attrs.get(T.RUN_ID_ATTR, ""),
-                **{T.BEST_PARAM.format(name=k): v for k, v in best.params.items()}}
+        tags = {
+            T.BEST_TRIAL: best.number,
+            T.BEST_RUN_ID: best.user_attrs.get(T.RUN_ID_ATTR, ""),
+            **{T.BEST_PARAM.format(name=k): v for k, v in best.params.items()},
+        }
         if spec.multi_objective:  # which trials make the front, and the rule that chose `best` among them
             tags["pareto_trials"] = ",".join(str(t.number) for t in sorted(study.best_trials, key=lambda t: t.number))
             tags["best_rule"] = f"highest {spec.split}/elbo on the Pareto front"
         tracker.set_tags(parent_run_id, tags)
         # under the children's own keys, so the parent's row lines up with its trials' columns
-        tracker.log_metrics(parent_run_id, {**dict(zip(spec.objectives, best.values)),
-                                            **best.user_attrs.get(T.TEST_METRICS_ATTR, {})})
+        tracker.log_metrics(
+            parent_run_id,
+            {**dict(zip(spec.objectives, best.values, strict=False)), **best.user_attrs.get(T.TEST_METRICS_ATTR, {})},
+        )
     states = {s.name.lower(): 0 for s in TrialState}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name.lower()] += 1
-    tracker.log_metrics(parent_run_id, {f"trials/{k}": v for k, v in states.items() if k in ("complete", "pruned", "fail")})
+    tracker.log_metrics(
+        parent_run_id, {f"trials/{k}": v for k, v in states.items() if k in ("complete", "pruned", "fail")}
+    )
 
     with tempfile.TemporaryDirectory(prefix="vaebench-") as tmp:
         csv = Path(tmp) / "trials.csv"

@@ -54,11 +54,15 @@ PRUNED_SUFFIX = " (pruned)"  # appended to a pruned trial's run name, so the run
 RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run
 WORKER_ATTR = "worker"  # host:pid of the process that ran the trial
 FAIL_REASON_ATTR = "fail_reason"  # why the trial failed or went non-finite
-INFRA_FAILURE_ATTR = "infra_failure"  # on a trial failed because a service was lost mid-trial (the reason); it is queued again
+INFRA_FAILURE_ATTR = (
+    "infra_failure"  # on a trial failed because a service was lost mid-trial (the reason); it is queued again
+)
 TEST_METRICS_ATTR = "test_metrics"  # the trial's test/* metrics, {key: value}
 COVERAGE_ATTR = "coverage"  # True on the queued trials that cover a parameter's choices: never pruned
 STRATUM_ATTR = "stratum"  # the strata parameter's value of a trial in a stratified search (bench.strata)
-STRATUM_INDEX_ATTR = "stratum_index"  # the trial's index in its stratum: its sampler seed and its place in the stratum's order
+STRATUM_INDEX_ATTR = (
+    "stratum_index"  # the trial's index in its stratum: its sampler seed and its place in the stratum's order
+)
 SURPLUS_ATTR = "surplus"  # True on a trial beyond n_trials that a worker did not run
 # study user attributes
 PARENT_ATTR = "mlflow_parent_run_id"  # the study's MLflow parent run

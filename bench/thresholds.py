@@ -99,7 +99,7 @@ class Verdict:
         return "better" if (self.delta > 0) == higher else "worse"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def t_quantile(p: float, df: int) -> float:
     from scipy.stats import t
 
@@ -117,13 +117,13 @@ def judge(ref: GateReference, values_by_seed: list[dict[tuple[str, str], float]]
         vals = [v[(r.model, r.metric)] for v in values_by_seed if (r.model, r.metric) in v]
         value = statistics.fmean(vals) if len(vals) == len(values_by_seed) and vals else None
         k = len(values_by_seed)
-        out.append(Verdict(r, value, r.band(k, ref.m, ref.alpha, ref.floor), r.detectable(k, ref.m, ref.alpha, ref.floor)))
+        out.append(
+            Verdict(r, value, r.band(k, ref.m, ref.alpha, ref.floor), r.detectable(k, ref.m, ref.alpha, ref.floor))
+        )
     return out
 
 
-def calibrate(
-    values_by_seed: list[dict[tuple[str, str], float]], keys: list[tuple[str, str]]
-) -> tuple[Reference, ...]:
+def calibrate(values_by_seed: list[dict[tuple[str, str], float]], keys: list[tuple[str, str]]) -> tuple[Reference, ...]:
     """References (mean, sd, n) from the calibration seeds' values."""
     refs = []
     for model, metric in keys:
@@ -197,6 +197,7 @@ def choose_gate_seeds(
 
 # ------------------------------------------------------------------------ the file
 
+
 def load_reference(path: str | Path) -> GateReference:
     """Read and validate a reference file; BenchError with one line on any problem."""
     path = Path(path)
@@ -208,7 +209,9 @@ def load_reference(path: str | Path) -> GateReference:
         raise BenchError(f"{path}: TOML syntax error: {exc}") from None
     unknown = set(raw) - {"provenance", "gate", "reference"}
     if unknown:
-        raise BenchError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}; allowed: provenance, gate, reference")
+        raise BenchError(
+            f"{path}: unknown section(s) {', '.join(sorted(unknown))}; allowed: provenance, gate, reference"
+        )
     gate = raw.get("gate")
     if not isinstance(gate, dict):
         raise BenchError(f"{path}: needs a [gate] table with seeds (the seeds the gate trains)")
@@ -217,7 +220,9 @@ def load_reference(path: str | Path) -> GateReference:
         raise BenchError(f"{path}: [gate]: unknown key(s) {', '.join(sorted(extra))}")
     seeds = gate.get("seeds")
     if not _valid(_GATE_SEEDS, seeds) or len(set(seeds)) != len(seeds):
-        raise BenchError(f"{path}: [gate] seeds must be a list of at least 2 distinct non-negative integers, got {seeds!r}")
+        raise BenchError(
+            f"{path}: [gate] seeds must be a list of at least 2 distinct non-negative integers, got {seeds!r}"
+        )
     alpha, floor = gate.get("alpha", ALPHA), gate.get("floor", FLOOR)
     if not _number(alpha) or not 0 < alpha < 0.5:
         raise BenchError(f"{path}: [gate] alpha must be a number in (0, 0.5), got {alpha!r}")
@@ -233,9 +238,13 @@ def load_reference(path: str | Path) -> GateReference:
         need = {"model", "metric", "mean", "sd", "n"}
         extra, missing = set(r) - need, need - set(r)
         if extra or missing:
-            raise BenchError(f"{path}: reference {i}: " + "; ".join(
-                ([f"unknown key(s) {', '.join(sorted(extra))}"] if extra else [])
-                + ([f"missing {', '.join(sorted(missing))}"] if missing else [])))
+            raise BenchError(
+                f"{path}: reference {i}: "
+                + "; ".join(
+                    ([f"unknown key(s) {', '.join(sorted(extra))}"] if extra else [])
+                    + ([f"missing {', '.join(sorted(missing))}"] if missing else [])
+                )
+            )
         if r["metric"] not in METRICS or better(r["metric"]) == "none":
             raise BenchError(f"{path}: reference {i}: metric {r['metric']!r} is not a declared metric with a direction")
         if r["model"] not in METRICS[r["metric"]].models:
@@ -248,8 +257,9 @@ def load_reference(path: str | Path) -> GateReference:
     if len({(r.model, r.metric) for r in refs}) != len(refs):
         raise BenchError(f"{path}: a (model, metric) has two [[reference]] tables")
     fa = gate.get("false_alarm_empirical")
-    return GateReference(tuple(refs), tuple(seeds), float(alpha), float(floor),
-                         None if fa is None else float(fa), raw.get("provenance"))
+    return GateReference(
+        tuple(refs), tuple(seeds), float(alpha), float(floor), None if fa is None else float(fa), raw.get("provenance")
+    )
 
 
 def write_reference(path: str | Path, ref: GateReference) -> None:
@@ -264,8 +274,15 @@ def write_reference(path: str | Path, ref: GateReference) -> None:
     if ref.false_alarm_empirical is not None:
         lines.append(f"false_alarm_empirical = {ref.false_alarm_empirical}")
     for r in ref.references:
-        lines += ["", "[[reference]]", f"model = {_toml(r.model)}", f"metric = {_toml(r.metric)}",
-                  f"mean = {r.mean:.6f}", f"sd = {r.sd:.6f}", f"n = {r.n}"]
+        lines += [
+            "",
+            "[[reference]]",
+            f"model = {_toml(r.model)}",
+            f"metric = {_toml(r.metric)}",
+            f"mean = {r.mean:.6f}",
+            f"sd = {r.sd:.6f}",
+            f"n = {r.n}",
+        ]
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

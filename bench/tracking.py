@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 import logging
 import os
 import random
 import subprocess
-import json
 import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -118,8 +119,10 @@ def _check_credentials(uri: str, timeout_s: float) -> None:
     except urllib.error.HTTPError as exc:
         if exc.code == 401:
             who = f"user {user!r} with MLFLOW_TRACKING_PASSWORD" if user and password else "a request with no user"
-            raise BenchError(f"the MLflow tracking server {uri} refused {who} (401 Unauthorized); "
-                             "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an MLflow user's") from None
+            raise BenchError(
+                f"the MLflow tracking server {uri} refused {who} (401 Unauthorized); "
+                "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an MLflow user's"
+            ) from None
     except (urllib.error.URLError, OSError):
         return  # it answered /health a moment ago; the client's own retries take over from here
 
@@ -156,7 +159,11 @@ def git_commit() -> str:
             ["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=5
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -182,7 +189,9 @@ class DatasetInfo:
 
     def schema(self) -> str:
         spec = lambda dtype, shape: json.dumps([{"type": "tensor", "tensor-spec": {"dtype": dtype, "shape": shape}}])  # noqa: E731
-        return json.dumps({"mlflow_tensorspec": {"features": spec("float32", [-1, 784]), "targets": spec("int64", [-1])}})
+        return json.dumps(
+            {"mlflow_tensorspec": {"features": spec("float32", [-1, 784]), "targets": spec("int64", [-1])}}
+        )
 
     def profile(self) -> str:
         return json.dumps({"num_rows": self.rows, "features_shape": [self.rows, 784], "targets": self.targets})
@@ -233,9 +242,9 @@ class Tracker:
         raise BenchError(f"cannot create or find the MLflow experiment {name!r} at {self.uri} ({first})")
 
     @classmethod
-    def open_existing(cls, uri: str, experiment: str) -> "Tracker":
+    def open_existing(cls, uri: str, experiment: str) -> Tracker:
         """The Tracker of an experiment that must exist already: a BenchError, creating nothing, if not."""
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
             raise BenchError(f"no MLflow database at {uri}; run the study first or pass --tracking-uri")
         if _mlflow().MlflowClient(uri).get_experiment_by_name(experiment) is None:
             raise BenchError(f"no MLflow experiment named {experiment!r} at {uri}; run the study first")
@@ -304,8 +313,13 @@ class Tracker:
         order = ["attributes.start_time DESC" if newest_first else "attributes.start_time ASC"]
         out, token = [], None
         while True:
-            page = self.client.search_runs([self.experiment_id], " and ".join(where), order_by=order,
-                                           max_results=min(max_results - len(out), 1000), page_token=token)
+            page = self.client.search_runs(
+                [self.experiment_id],
+                " and ".join(where),
+                order_by=order,
+                max_results=min(max_results - len(out), 1000),
+                page_token=token,
+            )
             out += list(page)
             token = page.token
             if not token or len(out) >= max_results:
@@ -315,14 +329,17 @@ class Tracker:
         """The children of `parent` as mlflow.search_runs' pandas table (metrics.*, params.*, tags.* columns)."""
         mlflow = _mlflow()
         mlflow.set_tracking_uri(self.uri)
-        return mlflow.search_runs([self.experiment_id], filter_string=f"tags.`{T.PARENT_RUN}` = '{parent}'",
-                                  output_format="pandas")
+        return mlflow.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{T.PARENT_RUN}` = '{parent}'", output_format="pandas"
+        )
 
     def trial_runs(self):
         """Every VAE trial run of the experiment, of every study in it (--search-seeds puts several there)."""
         mlflow = _mlflow()
         mlflow.set_tracking_uri(self.uri)
-        return mlflow.search_runs([self.experiment_id], filter_string=f"tags.`{T.ROLE}` = 'trial'", output_format="pandas")
+        return mlflow.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{T.ROLE}` = 'trial'", output_format="pandas"
+        )
 
     def metrics_of(self, run_id: str) -> dict[str, float]:
         """The latest value of each metric of a run."""
@@ -365,7 +382,9 @@ class Tracker:
         closed = []
         for run in self.find_runs(parent_id, status="RUNNING"):
             worker = run.data.tags.get(T.WORKER, "")
-            if dead_local_worker(worker) and self.close_if_running(run.info.run_id, "FAILED", f"worker {worker} died with the run open"):
+            if dead_local_worker(worker) and self.close_if_running(
+                run.info.run_id, "FAILED", f"worker {worker} died with the run open"
+            ):
                 closed.append(run.info.run_id)
         return closed
 
@@ -403,13 +422,15 @@ class Tracker:
         """A (3, H, W) tensor grid in [0, 1] as a plain PNG artifact at `path` (under grids/, never images/)."""
         self.client.log_image(run_id, to_uint8_image(grid), artifact_file=path)
 
-    def log_datasets(self, run_id: str, inputs: list["DatasetInfo"]) -> None:
+    def log_datasets(self, run_id: str, inputs: list[DatasetInfo]) -> None:
         """The run's data as MLflow dataset inputs: the runs table's Dataset column and filter."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
         datasets = [
-            DatasetInput(Dataset(d.name, d.digest, "local", json.dumps({"uri": d.source}), d.schema(), d.profile()),
-                         [InputTag(T.INPUT_CONTEXT, d.context)])
+            DatasetInput(
+                Dataset(d.name, d.digest, "local", json.dumps({"uri": d.source}), d.schema(), d.profile()),
+                [InputTag(T.INPUT_CONTEXT, d.context)],
+            )
             for d in inputs
         ]
         _retry_on_race(lambda: self.client.log_inputs(run_id, datasets=datasets))
@@ -428,8 +449,13 @@ class Tracker:
         source = self.client.get_logged_model(model_id).artifact_location if model_id else model_uri
         # idempotent: a rerun after a crash between registering and tagging the run finds its version
         known = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-        version = max(known, key=lambda v: int(v.version)) if known else self.client.create_model_version(
-            name, source, run_id=run_id, model_id=model_id, description=description)
+        version = (
+            max(known, key=lambda v: int(v.version))
+            if known
+            else self.client.create_model_version(
+                name, source, run_id=run_id, model_id=model_id, description=description
+            )
+        )
         self.client.set_registered_model_alias(name, alias, version.version)
         return f"models:/{name}@{alias}"
 
@@ -451,7 +477,7 @@ class Tracker:
 
     # ----------------------------------------------------------- child runs
     @contextmanager
-    def child_run(self, parent_id: str, name: str, params: dict[str, Any], tags: dict[str, Any]) -> Iterator["ChildRun"]:
+    def child_run(self, parent_id: str, name: str, params: dict[str, Any], tags: dict[str, Any]) -> Iterator[ChildRun]:
         """A nested run that is always closed: FINISHED, or the status the body chose, or FAILED.
 
         The body sets `run.outcome = ("KILLED", reason)` before raising for a pruned trial;
@@ -503,7 +529,7 @@ class ChildRun:
     def rename(self, name: str) -> None:
         self.tracker.rename_run(self.run_id, name)
 
-    def log_datasets(self, inputs: list["DatasetInfo"]) -> None:
+    def log_datasets(self, inputs: list[DatasetInfo]) -> None:
         self.tracker.log_datasets(self.run_id, inputs)
 
     def log_image(self, grid, key: str, step: int) -> None:
@@ -570,7 +596,9 @@ def _retry_on_race(fn, attempts: int = 5):
             return fn()
         except Exception as exc:  # noqa: BLE001 - only the duplicate-key race is retried
             text = str(exc)
-            if attempt == attempts - 1 or not any(s in text for s in ("UniqueViolation", "UNIQUE constraint", "Duplicate entry")):
+            if attempt == attempts - 1 or not any(
+                s in text for s in ("UniqueViolation", "UNIQUE constraint", "Duplicate entry")
+            ):
                 raise
             time.sleep(0.2 * (attempt + 1) + random.random() / 5)
 

@@ -8,8 +8,9 @@ compared model or a replicate is built exactly as its trial was.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from optuna.trial import FixedTrial, TrialState

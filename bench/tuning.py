@@ -1,4 +1,5 @@
-"""Is the search's budget enough, and do the sizes line up? Expected best validation ELBO after n trials per latent size.
+"""Is the search's budget enough, and do the sizes line up? Expected best validation ELBO after n trials per
+latent size.
 
 `expected_best_curves(trials)` gives, per latent size, the expected maximum of n trials drawn without replacement
 from that size's trials (Dodge et al. 2019, "Show your work") with a bootstrap band, the gain of the last doubling
@@ -42,7 +43,9 @@ def curve(values: list[float] | np.ndarray) -> np.ndarray:
     return np.array([expected_max(values, n) for n in range(1, len(values) + 1)])
 
 
-def bootstrap_band(values: list[float], resamples: int = BOOTSTRAP, level: float = LEVEL, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+def bootstrap_band(
+    values: list[float], resamples: int = BOOTSTRAP, level: float = LEVEL, seed: int = SEED
+) -> tuple[np.ndarray, np.ndarray]:
     """Percentile band of the curve over resamples of the trials with replacement: (low, high), each (N,)."""
     v = np.asarray(values, dtype=float)
     rng = np.random.default_rng(seed)
@@ -62,11 +65,13 @@ def trial_scores(runs: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
     if runs.empty or role is None or col not in runs:
         return pd.DataFrame(columns=["latent_dim", "value", "pruned"])
     keep = (role == "trial") & runs["status"].isin(["FINISHED", "KILLED"]) & runs[col].notna()
-    out = pd.DataFrame({
-        "latent_dim": runs.loc[keep, "tags.latent_dim"].astype(int),
-        "value": runs.loc[keep, col].astype(float),
-        "pruned": runs.loc[keep, "status"] == "KILLED",
-    })
+    out = pd.DataFrame(
+        {
+            "latent_dim": runs.loc[keep, "tags.latent_dim"].astype(int),
+            "value": runs.loc[keep, col].astype(float),
+            "pruned": runs.loc[keep, "status"] == "KILLED",
+        }
+    )
     return out.reset_index(drop=True)
 
 
@@ -91,13 +96,21 @@ def expected_best_table(
         gain = float(c[-1] - c[half - 1]) if len(v) > 1 else math.nan
         hw = float(high[-1] - low[-1]) / 2
         floor = max(MIN_GAIN, (noise or {}).get(int(latent), 0.0))
-        rows.append({
-            "latent_dim": int(latent), "trials": len(v), "pruned": int(g["pruned"].sum()), "best": float(v.max()),
-            "gain_last_doubling": gain, "band_hw": hw,
-            "under_tuned": bool(len(v) > 1 and gain > floor),
-        })
-        points += [{"latent_dim": int(latent), "n": n + 1, "expected_best": c[n], "band_low": low[n], "band_high": high[n]}
-                   for n in range(len(v))]
+        rows.append(
+            {
+                "latent_dim": int(latent),
+                "trials": len(v),
+                "pruned": int(g["pruned"].sum()),
+                "best": float(v.max()),
+                "gain_last_doubling": gain,
+                "band_hw": hw,
+                "under_tuned": bool(len(v) > 1 and gain > floor),
+            }
+        )
+        points += [
+            {"latent_dim": int(latent), "n": n + 1, "expected_best": c[n], "band_low": low[n], "band_high": high[n]}
+            for n in range(len(v))
+        ]
     return pd.DataFrame(rows), pd.DataFrame(points)
 
 
@@ -108,7 +121,7 @@ def expected_best_figure(points: pd.DataFrame, metric: str = METRIC):
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for latent, g in points.groupby("latent_dim"):
-        line, = ax.plot(g["n"], g["expected_best"], marker="o", ms=3, label=f"latent {latent}")
+        (line,) = ax.plot(g["n"], g["expected_best"], marker="o", ms=3, label=f"latent {latent}")
         ax.fill_between(g["n"], g["band_low"], g["band_high"], color=line.get_color(), alpha=0.15)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # n counts trials: no 1.2 trials
     ax.set_xlabel("trials n")
@@ -146,8 +159,10 @@ def latent_sanity(vae_table: pd.DataFrame, tuning: pd.DataFrame | None = None, h
                 if au is not None and not math.isnan(au) and au < 0.5 * latent:
                     causes.append(f"posterior collapse: {au:.3g} of {latent} units active")
                 why = "; ".join(causes) or "neither under-tuned nor collapsed: a real effect or search noise"
-                problems.append(f"{m} at latent {latent} is worse than at {int(prev['latent_dim'])} by "
-                                f"{drop:.2f} nats (intervals {noise:.2f}): {why}")
+                problems.append(
+                    f"{m} at latent {latent} is worse than at {int(prev['latent_dim'])} by "
+                    f"{drop:.2f} nats (intervals {noise:.2f}): {why}"
+                )
     return problems
 
 
@@ -162,7 +177,8 @@ def search_seed_spread(best: pd.DataFrame) -> pd.DataFrame:
 
 def best_per_search(trials: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
     """One row per (study, latent_dim): the best finished (not pruned) trial's `metric`, from every trial run of
-    an experiment, whose searches differ by sampler seed (bench.run --search-seeds): columns study, latent_dim, value."""
+    an experiment, whose searches differ by sampler seed (bench.run --search-seeds): columns study, latent_dim,
+    value."""
     col, study = f"metrics.{metric}", "tags.study"
     if trials.empty or col not in trials or study not in trials:
         return pd.DataFrame(columns=["study", "latent_dim", "value"])
@@ -175,4 +191,6 @@ def best_per_search(trials: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
 
 def rankings(best: pd.DataFrame) -> dict[str, list[int]]:
     """Per search: its latent sizes from the best val/elbo to the worst."""
-    return {s: [int(x) for x in g.sort_values("value", ascending=False)["latent_dim"]] for s, g in best.groupby("study")}
+    return {
+        s: [int(x) for x in g.sort_values("value", ascending=False)["latent_dim"]] for s, g in best.groupby("study")
+    }

@@ -59,8 +59,20 @@ def spawn_workers(argv: list[str], n: int, threads: int, **popen: Any) -> list[s
     env = {**(popen.pop("env", None) or os.environ), **secrets}
     procs = []
     for i in range(1, n):
-        cmd = [sys.executable, "-m", "bench.run", *argv, "--workers", "1", "--threads", str(threads),
-               "--worker-index", str(i), "--no-finalize", "--no-progress"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.run",
+            *argv,
+            "--workers",
+            "1",
+            "--threads",
+            str(threads),
+            "--worker-index",
+            str(i),
+            "--no-finalize",
+            "--no-progress",
+        ]
         procs.append(subprocess.Popen(cmd, env=env, **popen))
     return procs
 

@@ -17,7 +17,6 @@ from vae.data import DATA_ENV, Datasets, load_data
 from vae.model import build_model
 from vae.train import TrainConfig, fit, seed_everything
 
-
 MAX_TEST_PROCESSES = 4  # many tests start 2-3 processes of their own; more in parallel only thrash
 
 
@@ -32,7 +31,9 @@ def data_root() -> Path:
     """The data folder: $VAE_DATA_DIR, else ./data (see tests.helpers.data_folder)."""
     root = data_folder()
     if not os.environ.get(DATA_ENV) and not has_mnist(root):
-        pytest.skip(f"{DATA_ENV} is not set and {root} holds no MNIST (point {DATA_ENV} at the folder holding MNIST/raw)")
+        pytest.skip(
+            f"{DATA_ENV} is not set and {root} holds no MNIST (point {DATA_ENV} at the folder holding MNIST/raw)"
+        )
     return root
 
 

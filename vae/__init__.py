@@ -5,7 +5,7 @@ Data, model, loss, training and evaluation; knows nothing of Optuna or MLflow.
 
 from vae.data import DataConfig, DataError, Datasets, Split, load_data
 from vae.loss import ELBOTerms, bernoulli_nll, elbo_terms, gaussian_kl, iwae_bound
-from vae.model import MODELS, Autoencoder, ModelConfig, VAE, build_model
+from vae.model import MODELS, VAE, Autoencoder, ModelConfig, build_model
 from vae.train import NonFiniteLossError, TrainConfig, fit, resolve_device, seed_everything
 
 __all__ = [

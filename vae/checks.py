@@ -43,8 +43,10 @@ class _Rule:
             return False
         b = self.bounds
         return (
-            ("ge" not in b or value >= b["ge"]) and ("gt" not in b or value > b["gt"])
-            and ("le" not in b or value <= b["le"]) and ("lt" not in b or value < b["lt"])
+            ("ge" not in b or value >= b["ge"])
+            and ("gt" not in b or value > b["gt"])
+            and ("le" not in b or value <= b["le"])
+            and ("lt" not in b or value < b["lt"])
         )  # NaN fails every comparison
 
     @property

@@ -11,9 +11,10 @@ import math
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Iterator, Literal
+from typing import Annotated, Literal
 
 import torch
 from annotated_types import Interval
@@ -45,8 +46,12 @@ class DataConfig:
 
     dataset: Literal["mnist", "fashion-mnist"] = "mnist"  # a key of DATASET_FOLDERS
     binarize: Literal["none", "dynamic"] = "dynamic"  # "none": grayscale targets in [0, 1]
-    val_size: Annotated[int, Interval(ge=0, le=59_999)] = 5000  # images held out of the 60,000 training images; 0 allowed
-    limit: Annotated[int, Interval(ge=1)] | None = None  # at most this many training images (after the split); None = all
+    val_size: Annotated[int, Interval(ge=0, le=59_999)] = (
+        5000  # images held out of the 60,000 training images; 0 allowed
+    )
+    limit: Annotated[int, Interval(ge=1)] | None = (
+        None  # at most this many training images (after the split); None = all
+    )
     test_limit: Annotated[int, Interval(ge=1)] | None = None  # at most this many test images; None = all 10,000
     split_seed: Annotated[int, Interval(ge=0, le=2**32 - 1)] = 0  # seed of the train/validation permutation
 
@@ -71,7 +76,7 @@ class Split:
     def __len__(self) -> int:
         return self.x.shape[0]
 
-    def to(self, device: torch.device | str) -> "Split":
+    def to(self, device: torch.device | str) -> Split:
         return Split(self.x.to(device), self.y.to(device), self.dynamic)
 
     def shuffled_order(self, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -96,7 +101,11 @@ class Split:
         order = self.shuffled_order(generator).to(self.x.device) if shuffle else None
         for start in range(0, n, batch_size):
             # index_select copies whole rows; x[idx] goes through the general indexing kernel, slower
-            xb = self.x.index_select(0, order[start : start + batch_size]) if order is not None else self.x[start : start + batch_size]
+            xb = (
+                self.x.index_select(0, order[start : start + batch_size])
+                if order is not None
+                else self.x[start : start + batch_size]
+            )
             if self.dynamic:
                 xb = torch.bernoulli(xb, generator=binarize_generator)
             yield xb
@@ -112,7 +121,7 @@ class Datasets:
     config: DataConfig
     digest: str = field(default="")  # sha256 prefix of the raw image bytes (train + test)
 
-    def to(self, device: torch.device | str) -> "Datasets":
+    def to(self, device: torch.device | str) -> Datasets:
         return Datasets(self.train.to(device), self.val.to(device), self.test.to(device), self.config, self.digest)
 
 
@@ -154,12 +163,15 @@ def check_idx_file(path: Path) -> None:
     size = path.stat().st_size
     if size != expected:
         what = "truncated" if size < expected else "longer than its header says"
-        raise DataError(f"{path} is {what}: {size} bytes, its header ({' x '.join(map(str, dims))}) says {expected}; "
-                        "replace it with a whole copy")
+        raise DataError(
+            f"{path} is {what}: {size} bytes, its header ({' x '.join(map(str, dims))}) says {expected}; "
+            "replace it with a whole copy"
+        )
 
 
 def check_data(dataset: str, root: str | os.PathLike | None = None, download: bool | None = None) -> Path:
-    """Make sure `dataset` is whole under the data folder (each file's size against its header), downloading it if allowed.
+    """Make sure `dataset` is whole under the data folder (each file's size against its header), downloading it
+    if allowed.
 
     By default a download is tried only into the implicit ./data folder; a folder
     named by argument or $VAE_DATA_DIR must already hold the files. Raises DataError.
@@ -174,7 +186,9 @@ def check_data(dataset: str, root: str | os.PathLike | None = None, download: bo
     if download is None:
         download = not explicit
     where = path / DATASET_FOLDERS[dataset] / "raw"
-    hint = f"put the {DATASET_FOLDERS[dataset]}/raw/*-ubyte files under a folder and pass it with --data-dir or {DATA_ENV}"
+    hint = (
+        f"put the {DATASET_FOLDERS[dataset]}/raw/*-ubyte files under a folder and pass it with --data-dir or {DATA_ENV}"
+    )
     if not download:
         raise DataError(f"{dataset} not found in {where}; {hint}")
     old = socket.getdefaulttimeout()
@@ -186,7 +200,9 @@ def check_data(dataset: str, root: str | os.PathLike | None = None, download: bo
     except Exception as exc:  # any network or file failure ends in the same advice
         for p in made:  # leave nothing behind from a failed download
             shutil.rmtree(p, ignore_errors=True)
-        raise DataError(f"{dataset} not found in {where} and the download failed ({type(exc).__name__}); {hint}") from None
+        raise DataError(
+            f"{dataset} not found in {where} and the download failed ({type(exc).__name__}); {hint}"
+        ) from None
     finally:
         socket.setdefaulttimeout(old)
     return path

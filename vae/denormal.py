@@ -14,8 +14,8 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from contextlib import contextmanager, nullcontext
-from typing import ContextManager, Iterator
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
@@ -90,6 +90,6 @@ def denormal_mode(flush: bool) -> Iterator[None]:
             flush_denormal(before)
 
 
-def denormals_flushed(enabled: bool = True) -> ContextManager[None]:
+def denormals_flushed(enabled: bool = True) -> AbstractContextManager[None]:
     """Subnormals flushed to zero inside the block when `enabled`; a caller's own flushing stays on after."""
     return denormal_mode(True) if enabled else nullcontext()

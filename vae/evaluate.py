@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -133,7 +133,9 @@ def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def map_batches(model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
+def map_batches(
+    model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 2000
+) -> torch.Tensor:
     """fn over x in batches on the model's device, in eval mode; the result as float32 on the CPU."""
     dev = _device(model)
     with eval_mode(model):

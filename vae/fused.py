@@ -1,4 +1,5 @@
-"""A hand-derived training step for vae.model's VAE and Autoencoder: forward, loss, every gradient and Adam, no autograd.
+"""A hand-derived training step for vae.model's VAE and Autoencoder: forward, loss, every gradient and Adam,
+no autograd.
 
 `FusedStep(model, batch_size, lr)` makes the model's parameters views into one flat buffer and allocates every
 activation and gradient buffer once; `step(x, generator)` trains on one batch. `fit` uses it (TrainConfig.step).
@@ -36,10 +37,22 @@ class Activation:
 _aten = torch.ops.aten
 ACTIVATION_STEPS: dict[str, Activation] = {
     # ReLU's and tanh's derivatives read their output; ELU's too (is_result=True: alpha * exp(a) = h + alpha)
-    "relu": Activation(lambda a, h: torch.relu_(a), lambda g, a, h: _aten.threshold_backward.grad_input(g, h, 0.0, grad_input=g), False),
-    "tanh": Activation(lambda a, h: torch.tanh_(a), lambda g, a, h: _aten.tanh_backward.grad_input(g, h, grad_input=g), False),
-    "elu": Activation(lambda a, h: torch._C._nn.elu_(a), lambda g, a, h: _aten.elu_backward.grad_input(g, 1.0, 1, 1, True, h, grad_input=g), False),
-    "gelu": Activation(lambda a, h: torch._C._nn.gelu(a, out=h), lambda g, a, h: _aten.gelu_backward.grad_input(g, a, grad_input=g), True),
+    "relu": Activation(
+        lambda a, h: torch.relu_(a), lambda g, a, h: _aten.threshold_backward.grad_input(g, h, 0.0, grad_input=g), False
+    ),
+    "tanh": Activation(
+        lambda a, h: torch.tanh_(a), lambda g, a, h: _aten.tanh_backward.grad_input(g, h, grad_input=g), False
+    ),
+    "elu": Activation(
+        lambda a, h: torch._C._nn.elu_(a),
+        lambda g, a, h: _aten.elu_backward.grad_input(g, 1.0, 1, 1, True, h, grad_input=g),
+        False,
+    ),
+    "gelu": Activation(
+        lambda a, h: torch._C._nn.gelu(a, out=h),
+        lambda g, a, h: _aten.gelu_backward.grad_input(g, a, grad_input=g),
+        True,
+    ),
 }
 assert set(ACTIVATION_STEPS) == set(ACTIVATIONS), "every activation the models allow needs a fused step"
 
@@ -51,23 +64,31 @@ def supports(model: nn.Module) -> bool:
     if type(model) not in (VAE, Autoencoder) or not hasattr(torch, "_fused_adam_"):
         return False
     dtypes = {p.dtype for p in model.parameters()}
-    return len(dtypes) == 1 and dtypes <= {torch.float32, torch.float64} and all(
-        p.device.type == "cpu" and p.requires_grad for p in model.parameters())
+    return (
+        len(dtypes) == 1
+        and dtypes <= {torch.float32, torch.float64}
+        and all(p.device.type == "cpu" and p.requires_grad for p in model.parameters())
+    )
 
 
 class _Linear:
     """One nn.Linear of a stack: its weights and gradients (views into the flat buffers) and its output buffers."""
 
-    def __init__(self, linear: nn.Linear, grad_w: torch.Tensor, grad_b: torch.Tensor, act: str | None,
-                 batch: int) -> None:
+    def __init__(
+        self, linear: nn.Linear, grad_w: torch.Tensor, grad_b: torch.Tensor, act: str | None, batch: int
+    ) -> None:
         self.w, self.b = linear.weight.detach(), linear.bias.detach()  # (out, in), (out,)
         self.wt = self.w.t()  # (in, out): nn.Linear's layout for the forward product
         self.gw, self.gb = grad_w, grad_b
         self.act = ACTIVATION_STEPS[act] if act is not None else None
         out, dtype = self.w.shape[0], self.w.dtype
-        self.a = torch.empty(batch, out, dtype=dtype)  # pre-activation (B, out); the activation's output too unless keeps_input
+        self.a = torch.empty(
+            batch, out, dtype=dtype
+        )  # pre-activation (B, out); the activation's output too unless keeps_input
         self.h = torch.empty(batch, out, dtype=dtype) if self.act is not None and self.act.keeps_input else self.a
-        self.g = torch.empty(batch, out, dtype=dtype)  # dLoss/dh, then dLoss/da in place (unused for a stack's last layer)
+        self.g = torch.empty(
+            batch, out, dtype=dtype
+        )  # dLoss/dh, then dLoss/da in place (unused for a stack's last layer)
 
 
 class _Rows(NamedTuple):
@@ -100,14 +121,15 @@ class _Stack:
     def rows(self, b: int) -> _Rows:
         if b not in self._rows:
             ls = self.layers
-            self._rows[b] = _Rows([x.a[:b] for x in ls], [x.h[:b] for x in ls], [x.g[:b] for x in ls],
-                                  torch.ones(b, dtype=ls[0].w.dtype))
+            self._rows[b] = _Rows(
+                [x.a[:b] for x in ls], [x.h[:b] for x in ls], [x.g[:b] for x in ls], torch.ones(b, dtype=ls[0].w.dtype)
+            )
         return self._rows[b]
 
     def forward(self, x: torch.Tensor, r: _Rows) -> None:
         """x (b, in) -> r.a[-1], (b, out)."""
         h = x
-        for layer, a, h_out in zip(self.layers, r.a, r.h):
+        for layer, a, h_out in zip(self.layers, r.a, r.h, strict=False):
             torch.addmm(layer.b, h, layer.wt, out=a)  # a = h W^T + bias, as nn.Linear
             if layer.act is not None:
                 layer.act.forward(a, h_out)
@@ -216,8 +238,16 @@ class FusedStep:
         if b not in self._latent_rows:
             L = self.latent
             self._latent_rows[b] = _Latent(
-                self.eps[:b], self.std[:b], self.z[:b], self.kl_buf[:b], self.dz[:b], self.d_head[:b, :L],
-                self.d_head[:b, L:], self.d_head[:b], self.scratch[:b], torch.full((), self.beta / (2 * b), dtype=self.x.dtype),
+                self.eps[:b],
+                self.std[:b],
+                self.z[:b],
+                self.kl_buf[:b],
+                self.dz[:b],
+                self.d_head[:b, :L],
+                self.d_head[:b, L:],
+                self.d_head[:b],
+                self.scratch[:b],
+                torch.full((), self.beta / (2 * b), dtype=self.x.dtype),
             )
         return self._latent_rows[b]
 
@@ -260,9 +290,21 @@ class FusedStep:
             enc.backward(x, v.d_head, er, 1.0, None)
         self.step_count.add_(self._step_one)
         torch._fused_adam_(
-            [self.flat], [self.flat_grad], [self.exp_avg], [self.exp_avg_sq], [], [self.step_count],
-            amsgrad=False, lr=self.lr, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], weight_decay=0.0,
-            eps=ADAM_EPS, maximize=False, grad_scale=None, found_inf=None,
+            [self.flat],
+            [self.flat_grad],
+            [self.exp_avg],
+            [self.exp_avg_sq],
+            [],
+            [self.step_count],
+            amsgrad=False,
+            lr=self.lr,
+            beta1=ADAM_BETAS[0],
+            beta2=ADAM_BETAS[1],
+            weight_decay=0.0,
+            eps=ADAM_EPS,
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
         )
 
     def _bce(self, logits: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> None:

@@ -85,9 +85,7 @@ class ELBOTerms(NamedTuple):
         return self.recon_bce + beta * self.kl
 
 
-def elbo_terms(
-    logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
-) -> ELBOTerms:
+def elbo_terms(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> ELBOTerms:
     """Reconstruction BCE, KL and ELBO, each averaged over the batch (nats per image)."""
     recon = bernoulli_nll(logits, x).mean()
     kl = gaussian_kl(mu, logvar).mean()

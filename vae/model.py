@@ -27,8 +27,12 @@ class ModelConfig:
     """Architecture and KL weight of one model."""
 
     latent_dim: Annotated[int, Interval(ge=1, le=4096)] = 20  # size of z
-    hidden_width: Annotated[int, Interval(ge=1, le=65536)] = 400  # units in each hidden layer, encoder and decoder alike
-    hidden_layers: Annotated[int, Interval(ge=0, le=16)] = 1  # hidden layers in the encoder (and mirrored in the decoder)
+    hidden_width: Annotated[int, Interval(ge=1, le=65536)] = (
+        400  # units in each hidden layer, encoder and decoder alike
+    )
+    hidden_layers: Annotated[int, Interval(ge=0, le=16)] = (
+        1  # hidden layers in the encoder (and mirrored in the decoder)
+    )
     beta: Annotated[float, Interval(ge=0, le=1000)] = 1.0  # KL weight in the training loss; reported ELBO always uses 1
     activation: Literal["relu", "tanh", "gelu", "elu"] = "relu"  # a key of ACTIVATIONS
 
@@ -38,9 +42,9 @@ class ModelConfig:
     def matmul_flops_per_image(self) -> int:
         """Forward multiply-add FLOPs (2 per MAC) of encoder + decoder for one image."""
         dims = [INPUT_DIM] + [self.hidden_width] * self.hidden_layers
-        enc = list(zip(dims, dims[1:] + [2 * self.latent_dim]))
+        enc = list(zip(dims, dims[1:] + [2 * self.latent_dim], strict=False))
         dec_dims = [self.latent_dim] + [self.hidden_width] * self.hidden_layers
-        dec = list(zip(dec_dims, dec_dims[1:] + [INPUT_DIM]))
+        dec = list(zip(dec_dims, dec_dims[1:] + [INPUT_DIM], strict=False))
         return 2 * sum(a * b for a, b in enc + dec)
 
 

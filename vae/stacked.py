@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -109,7 +110,9 @@ class StackedModels:
             recon = bernoulli_nll(self.decoder(h), x).mean(-1)  # (K,)
             return {"loss": recon.sum(), "recon_bce": recon}
         mu, logvar = h.chunk(2, dim=-1)  # (K, B, latent) each
-        eps = torch.stack([torch.randn(mu.shape[1:], generator=g, device=mu.device, dtype=mu.dtype) for g in generators])
+        eps = torch.stack(
+            [torch.randn(mu.shape[1:], generator=g, device=mu.device, dtype=mu.dtype) for g in generators]
+        )
         z = mu + torch.exp(0.5 * logvar) * eps
         recon = bernoulli_nll(self.decoder(z), x).mean(-1)  # (K,)
         kl = gaussian_kl(mu, logvar).mean(-1)  # (K,)
@@ -166,13 +169,20 @@ def fit_replicates(
         models.append(build_model(kind, model_cfg))
     if strategy == "auto":
         fused = train_cfg.step != "autograd" and fused_step_applies(models[0], train_cfg, device)
-        strategy = "stacked" if stackable(train_cfg) and len(seeds) > 1 and stacking_wins(
-            kind, model_cfg, len(seeds), train_cfg.batch_size, device, fused) else "sequential"
+        strategy = (
+            "stacked"
+            if stackable(train_cfg)
+            and len(seeds) > 1
+            and stacking_wins(kind, model_cfg, len(seeds), train_cfg.batch_size, device, fused)
+            else "sequential"
+        )
     if strategy == "sequential" or not stackable(train_cfg):
-        return [(m, fit(m, data, replace(train_cfg, seed=s), device, progress=progress, eval_batch_size=eval_batch_size))
-                for m, s in zip(models, seeds)]
+        return [
+            (m, fit(m, data, replace(train_cfg, seed=s), device, progress=progress, eval_batch_size=eval_batch_size))
+            for m, s in zip(models, seeds, strict=False)
+        ]
     histories = _fit_stacked(kind, models, seeds, train_cfg, data, device, eval_batch_size)
-    return list(zip(models, histories))
+    return list(zip(models, histories, strict=False))
 
 
 def _fit_stacked(
@@ -199,7 +209,9 @@ def _fit_stacked(
 
     with denormals_flushed(config.flush_denormal and device.type == "cpu"):
         for epoch in range(1, config.epochs + 1):
-            orders = torch.stack([torch.randperm(n, generator=g, device="cpu") for g in shuffle_gens]).to(device)  # (K, n)
+            orders = torch.stack([torch.randperm(n, generator=g, device="cpu") for g in shuffle_gens]).to(
+                device
+            )  # (K, n)
             keys: list[str] = []
             sums: torch.Tensor | None = None  # (K, len(keys))
             for step, start in enumerate(range(0, n, bs)):
@@ -225,10 +237,11 @@ def _fit_stacked(
             stack.write_back()
             means = (sums / n).tolist()
             for k, m in enumerate(models):
-                metrics = {f"train/{key}": v for key, v in zip(keys, means[k])}
+                metrics = {f"train/{key}": v for key, v in zip(keys, means[k], strict=False)}
                 if len(val):
-                    metrics |= {f"val/{key}": v for key, v in
-                                elbo_metrics(m, val.x, eval_batch_size, seed=seeds[k]).items()}
+                    metrics |= {
+                        f"val/{key}": v for key, v in elbo_metrics(m, val.x, eval_batch_size, seed=seeds[k]).items()
+                    }
                 histories[k].append(metrics)
     for m in models:
         m.eval()
@@ -238,7 +251,8 @@ def _fit_stacked(
 def stacking_wins(
     kind: str, model_cfg: ModelConfig, k: int, batch_size: int, device: torch.device, fused: bool = False
 ) -> bool:
-    """Whether one stacked step of k models beats k ordinary steps (vae.fused's steps if `fused`), here, at these shapes.
+    """Whether one stacked step of k models beats k ordinary steps (vae.fused's steps if `fused`), here,
+    at these shapes.
 
     On a GPU always (a step of these small models is bound by kernel launches). On a CPU
     a probe decides: best of PROBE_ROUNDS interleaved rounds of PROBE_STEPS steps each way,
@@ -275,7 +289,7 @@ def _probe(kind: str, model_cfg: ModelConfig, k: int, batch_size: int, device: t
             for _ in range(steps):
                 for i, fs in enumerate(fused_steps):
                     fs.step(x[i], gens[i])
-                for i, (m, o) in enumerate(zip(models, opts)):
+                for i, (m, o) in enumerate(zip(models, opts, strict=False)):
                     o.zero_grad(set_to_none=True)
                     m.loss(x[i], generator=gens[i])["loss"].backward()
                     o.step()

@@ -10,10 +10,11 @@ import inspect
 import math
 import os
 import random
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Callable, Iterable, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -39,7 +40,8 @@ class TrainConfig:
     epochs: Annotated[int, Interval(ge=1, le=100_000)] = 10  # passes over the training split
     batch_size: Annotated[int, Interval(ge=1, le=1_000_000)] = 128  # images per Adam step
     lr: Annotated[float, Interval(gt=0, le=10)] = 1e-3  # Adam learning rate
-    # seeds shuffling, binarization and z noise (fit's own generators); weights: seed_everything(seed) before build_model
+    # seeds shuffling, binarization and z noise (fit's own generators);
+    # weights: seed_everything(seed) before build_model
     seed: Annotated[int, Interval(ge=0, le=2**32 - 1)] = 0
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls, fp32 weights and loss
     compile: bool = False  # torch.compile the model's loss (forward and backward); first steps compile
@@ -131,9 +133,21 @@ class LeanAdam:
             steps = pick(self.steps)
             torch._foreach_add_(steps, 1)
         torch._fused_adam_(
-            pick(self.params), [self.params[i].grad for i in live], pick(self.exp_avgs), pick(self.exp_avg_sqs), [],
-            steps, amsgrad=False, lr=self.lr, beta1=0.9, beta2=0.999, weight_decay=0.0,
-            eps=1e-8, maximize=False, grad_scale=None, found_inf=None,
+            pick(self.params),
+            [self.params[i].grad for i in live],
+            pick(self.exp_avgs),
+            pick(self.exp_avg_sqs),
+            [],
+            steps,
+            amsgrad=False,
+            lr=self.lr,
+            beta1=0.9,
+            beta2=0.999,
+            weight_decay=0.0,
+            eps=1e-8,
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
         )
 
 
@@ -201,7 +215,9 @@ def fit(
     n_batches = math.ceil(len(train) / config.batch_size)
     if fused:
         fused_step = FusedStep(model, config.batch_size, config.lr)
-        run_epoch = lambda epoch, bar: _fused_epoch(fused_step, train, config, shuffle_gen, noise_gen, epoch, bar)
+
+        def run_epoch(epoch, bar):
+            return _fused_epoch(fused_step, train, config, shuffle_gen, noise_gen, epoch, bar)
     else:
         fused_step = None
         opt = make_optimizer(model, config.lr)
@@ -210,19 +226,28 @@ def fit(
         pass_gen = noise_gen is not None and "generator" in inspect.signature(model.loss).parameters
 
         def run_epoch(epoch: int, bar: tqdm) -> dict[str, float]:
-            batches = train.batches(config.batch_size, shuffle=True, generator=shuffle_gen, binarize_generator=noise_gen)
+            batches = train.batches(
+                config.batch_size, shuffle=True, generator=shuffle_gen, binarize_generator=noise_gen
+            )
             return _autograd_epoch(loss_fn, opt, batches, config, device, noise_gen if pass_gen else None, epoch, bar)
 
     try:
         with denormals_flushed(config.flush_denormal and device.type == "cpu"):
             for epoch in range(1, config.epochs + 1):
                 model.train()
-                bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False,
-                           unit="batch")
+                bar = tqdm(
+                    total=n_batches,
+                    desc=f"epoch {epoch}/{config.epochs}",
+                    disable=not progress,
+                    leave=False,
+                    unit="batch",
+                )
                 with bar:
                     metrics = run_epoch(epoch, bar)
                 if len(val):
-                    metrics |= {f"val/{k}": v for k, v in elbo_metrics(model, val.x, eval_batch_size, seed=config.seed).items()}
+                    metrics |= {
+                        f"val/{k}": v for k, v in elbo_metrics(model, val.x, eval_batch_size, seed=config.seed).items()
+                    }
                 history.append(metrics)
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, metrics)
@@ -236,16 +261,23 @@ def fit(
 def fused_step_applies(model: nn.Module, config: TrainConfig, device: torch.device) -> bool:
     """Whether vae.fused's step can train `model` (on `device`) as `config` asks: a CPU, fp32 throughout
     (no bf16 autocast, fp32 weights), no torch.compile, and a VAE or Autoencoder of vae.model."""
-    return (device.type == "cpu" and config.precision == "fp32" and not config.compile and supports(model)
-            and all(p.dtype == torch.float32 for p in model.parameters()))
+    return (
+        device.type == "cpu"
+        and config.precision == "fp32"
+        and not config.compile
+        and supports(model)
+        and all(p.dtype == torch.float32 for p in model.parameters())
+    )
 
 
 def uses_fused_step(model: nn.Module, config: TrainConfig, device: torch.device) -> bool:
     """config.step resolved for this model and device; "fused" where it does not apply raises ValueError."""
     applies = fused_step_applies(model, config, device)
     if config.step == "fused" and not applies:
-        raise ValueError("step 'fused' needs a CPU, precision 'fp32', compile off and a vae or ae model in fp32; "
-                         "use step 'auto' or 'autograd'")
+        raise ValueError(
+            "step 'fused' needs a CPU, precision 'fp32', compile off and a vae or ae model in fp32; "
+            "use step 'auto' or 'autograd'"
+        )
     return applies and config.step != "autograd"
 
 
@@ -288,7 +320,7 @@ def _autograd_epoch(
         if step % NONFINITE_CHECK_EVERY == 0 or step == n_batches - 1:
             _check_loss(loss.item(), epoch, step)
     means = (sums / seen).tolist() if sums is not None else []
-    return {f"train/{k}": v for k, v in zip(keys, means)}
+    return {f"train/{k}": v for k, v in zip(keys, means, strict=False)}
 
 
 def _fused_epoch(

@@ -25,35 +25,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data-dir", default=None, help="folder holding MNIST/raw (default: $VAE_DATA_DIR, else ./data)"
     )
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs of each loop, after the warm-up (default: 3)")
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="timed epochs of each loop, after the warm-up (default: 3)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs of each loop first (default: 1)")
     parser.add_argument(
-        "--precision", choices=sorted(PRECISION_CHOICES), default="fp32",
+        "--precision",
+        choices=sorted(PRECISION_CHOICES),
+        default="fp32",
         help="precision of fit: fp32, bf16 (autocast), or both one after the other (default: fp32)",
     )
     parser.add_argument(
-        "--compile", action=argparse.BooleanOptionalAction, default=False,
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="train with TrainConfig(compile=True), torch.compile of the model's loss (default: off)",
     )
     parser.add_argument(
-        "--flush-denormal", action=argparse.BooleanOptionalAction, default=True,
+        "--flush-denormal",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="fit with TrainConfig(flush_denormal=...): subnormal floats as 0 while training; "
         "the reference loop never flushes (default: on, as fit)",
     )
     parser.add_argument(
-        "--seed", type=int, default=REFERENCE_TRAIN.seed,
+        "--seed",
+        type=int,
+        default=REFERENCE_TRAIN.seed,
         help=f"seed of the weights, shuffling and noise of fit and of the reference (default: {REFERENCE_TRAIN.seed})",
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)"
     )
     parser.add_argument(
-        "--json", nargs="?", const="-", default=None, metavar="PATH",
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="PATH",
         help="print the result as JSON instead of the table, or with PATH write it there "
         "and print the table (default: table only)",
     )
     parser.add_argument(
-        "--quality", action="store_true",
+        "--quality",
+        action="store_true",
         help=f"also train {QUALITY_EPOCHS} epochs per precision, and the reference loop {QUALITY_EPOCHS} epochs, "
         "and report their test losses (default: off)",
     )

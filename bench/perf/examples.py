@@ -5,8 +5,8 @@ Kept step for step as upstream (a torchvision DataLoader, default Adam, subnorma
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +50,7 @@ def examples_loss(recon_x: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logv
     return bce + kld
 
 
-def denormals_kept() -> ContextManager[None]:
+def denormals_kept() -> AbstractContextManager[None]:
     """Subnormal floats computed as such inside the block, whatever the caller had set."""
     return denormal_mode(False)
 

@@ -54,7 +54,9 @@ def epoch_matmul_flops(config: ModelConfig, n_images: int, batch: int) -> int:
     """Forward + backward matmul FLOPs of one pass over n_images in batches of `batch` (last one smaller)."""
     forward = sum(g.flops for g in training_gemms(config, 1) if g.role == "forward")
     if forward != config.matmul_flops_per_image():  # the layer list and ModelConfig's count must agree
-        raise AssertionError(f"forward FLOPs {forward} != ModelConfig.matmul_flops_per_image() {config.matmul_flops_per_image()}")
+        raise AssertionError(
+            f"forward FLOPs {forward} != ModelConfig.matmul_flops_per_image() {config.matmul_flops_per_image()}"
+        )
     full, rest = divmod(n_images, batch)
     flops = full * sum(g.flops for g in training_gemms(config, batch))
     return flops + (sum(g.flops for g in training_gemms(config, rest)) if rest else 0)

@@ -60,7 +60,7 @@ def epoch_times(device: torch.device, data, epochs: int = 4) -> list[float]:
         marks.append(time.perf_counter())
 
     fit(model, data, replace(REFERENCE_TRAIN, epochs=epochs), device, on_epoch_end=on_epoch_end, progress=False)
-    return [b - a for a, b in zip(marks, marks[1:])]
+    return [b - a for a, b in zip(marks, marks[1:], strict=False)]
 
 
 def replicate_times(device: torch.device, width: int, k: int = 3) -> dict[str, float]:
@@ -81,8 +81,9 @@ def replicate_times(device: torch.device, width: int, k: int = 3) -> dict[str, f
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.perf.gpu_check", description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.perf.gpu_check", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     p.add_argument("--device", default="cuda", help="the accelerator to measure")
     p.add_argument("--json", default=None, help="also write the result here (default: none)")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs of fit, after one warm-up epoch")
@@ -99,18 +100,30 @@ def main(argv: list[str] | None = None) -> int:
     times = epoch_times(device, data, epochs=1 + args.epochs)
     epoch_s = sorted(times[1:])[len(times[1:]) // 2]
     floor_s = flops / (rate * 1e9)
-    result = {"device": name, "torch": torch.__version__, "step_gemm_gflops": rate, "floor_s": floor_s,
-              "epochs_s": times, "epoch_s": epoch_s, "ratio_to_floor": epoch_s / floor_s,
-              "steps_per_epoch": math.ceil(len(data.train) / REFERENCE_TRAIN.batch_size),
-              "replicates_k3_epoch_s": {w: replicate_times(device, w) for w in args.widths}}
+    result = {
+        "device": name,
+        "torch": torch.__version__,
+        "step_gemm_gflops": rate,
+        "floor_s": floor_s,
+        "epochs_s": times,
+        "epoch_s": epoch_s,
+        "ratio_to_floor": epoch_s / floor_s,
+        "steps_per_epoch": math.ceil(len(data.train) / REFERENCE_TRAIN.batch_size),
+        "replicates_k3_epoch_s": {w: replicate_times(device, w) for w in args.widths},
+    }
     print(f"device: {name}, torch {torch.__version__}")
     print(f"step GEMMs: {rate:.0f} GFLOP/s; matmul floor {floor_s:.3f} s/epoch")
-    print(f"fit epoch (784-400-20, batch 128, 60,000 images): {epoch_s:.3f} s (all: "
-          + " ".join(f"{t:.3f}" for t in times) + f"), {epoch_s / floor_s:.1f}x the floor, "
-          f"{1e3 * epoch_s / result['steps_per_epoch']:.2f} ms/step")
+    print(
+        f"fit epoch (784-400-20, batch 128, 60,000 images): {epoch_s:.3f} s (all: "
+        + " ".join(f"{t:.3f}" for t in times)
+        + f"), {epoch_s / floor_s:.1f}x the floor, "
+        f"{1e3 * epoch_s / result['steps_per_epoch']:.2f} ms/step"
+    )
     for w, r in result["replicates_k3_epoch_s"].items():
-        print(f"3 replicates, width {w}, 1 epoch: stacked {r['stacked']:.2f} s, one at a time {r['sequential']:.2f} s "
-              f"({r['sequential'] / r['stacked']:.2f}x)")
+        print(
+            f"3 replicates, width {w}, 1 epoch: stacked {r['stacked']:.2f} s, one at a time {r['sequential']:.2f} s "
+            f"({r['sequential'] / r['stacked']:.2f}x)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -87,7 +87,12 @@ def reference_quality(root: Path, train_config: TrainConfig, epochs: int = QUALI
     with denormals_kept():
         for _ in range(epochs):
             train_loss = reference.train_epoch()
-        return {"epochs": epochs, "seed": train_config.seed, "train_loss": train_loss, "test_loss": reference.test_loss()}
+        return {
+            "epochs": epochs,
+            "seed": train_config.seed,
+            "train_loss": train_loss,
+            "test_loss": reference.test_loss(),
+        }
 
 
 def quality_check(data: Datasets, train_config: TrainConfig, epochs: int = QUALITY_EPOCHS) -> dict[str, float]:
@@ -107,7 +112,11 @@ def quality_check(data: Datasets, train_config: TrainConfig, epochs: int = QUALI
 
 
 def summarize_run(
-    precision: Precision, fit_t: list[Timing], ref_t: list[Timing], flops: int, rates: dict[str, dict[str, float]],
+    precision: Precision,
+    fit_t: list[Timing],
+    ref_t: list[Timing],
+    flops: int,
+    rates: dict[str, dict[str, float]],
     autograd_t: list[Timing] = (),
 ) -> dict[str, object]:
     """Medians, floors and ratios of one precision's interleaved timing (and of the autograd step's, if timed)."""
@@ -129,8 +138,11 @@ def summarize_run(
         "ratio_to_fp32_floor": epoch_s / fp32_floor_s,
         "epochs_s": fit_s,
         "reference_epochs_s": ref_s,
-        "others_cpu_share": {"fit": [o for _, o in fit_t], "reference": [o for _, o in ref_t],
-                             "autograd": [o for _, o in autograd_t]},
+        "others_cpu_share": {
+            "fit": [o for _, o in fit_t],
+            "reference": [o for _, o in ref_t],
+            "autograd": [o for _, o in autograd_t],
+        },
         "max_others_cpu_share": max(shares) if shares else None,
         **(_autograd_side(fit_s, [t for t, _ in autograd_t], floor_s) if autograd_t else {}),
     }
@@ -146,7 +158,7 @@ def _autograd_side(fit_s: list[float], autograd_s: list[float], floor_s: float) 
         "autograd_ratio_to_floor": epoch_s / floor_s,
         "ratio_to_floor_interval": t_interval([t / floor_s for t in fit_s]),
         "autograd_ratio_to_floor_interval": t_interval([t / floor_s for t in autograd_s]),
-        "fused_speedup_interval": t_interval([a / f for a, f in zip(autograd_s, fit_s)]),
+        "fused_speedup_interval": t_interval([a / f for a, f in zip(autograd_s, fit_s, strict=False)]),
     }
 
 
@@ -206,8 +218,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "matmul_gflop_per_epoch": flops / 1e9,
         "adam_s_per_epoch": adam_epoch_s,
         "floor_rate": "model: the step's own GEMM shapes, fp32 unless the run is bf16 (see gemm_gflops)",
-        **{k: v for k, v in main_run.items()
-           if k not in ("epochs_s", "reference_epochs_s", "autograd_epochs_s", "others_cpu_share", "quality")},
+        **{
+            k: v
+            for k, v in main_run.items()
+            if k not in ("epochs_s", "reference_epochs_s", "autograd_epochs_s", "others_cpu_share", "quality")
+        },
         "runs": runs,
         "reference_quality": reference_q,
         "targets": {

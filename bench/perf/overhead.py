@@ -14,15 +14,17 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from bench.errors import HelpFormatter, cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.perf.overhead", description=__doc__.splitlines()[0],
-                                formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.perf.overhead", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     p.add_argument("--study", default="latent", help="study whose data, training and eval settings are used")
     p.add_argument("--latent-dim", type=int, default=16, help="latent size of the fixed trial")
     p.add_argument("--hidden-width", type=int, default=256, help="hidden width of the fixed trial")
@@ -82,7 +84,7 @@ class NullTracker:
     experiment_id = "0"
 
     @contextmanager
-    def child_run(self, parent_id: str, name: str, params: dict[str, Any], tags: dict[str, Any]) -> Iterator["NullRun"]:
+    def child_run(self, parent_id: str, name: str, params: dict[str, Any], tags: dict[str, Any]) -> Iterator[NullRun]:
         yield NullRun()
 
 
@@ -109,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_spec(args.study).with_overrides(epochs=args.epochs)
     spec = dataclasses.replace(
-        spec, search=(), n_trials=10_000,
+        spec,
+        search=(),
+        n_trials=10_000,
         model=dataclasses.replace(spec.model, latent_dim=args.latent_dim, hidden_width=args.hidden_width),
     )
     data = load_data(spec.data, args.data_dir)
@@ -119,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="vaebench-overhead-") as tmp:
         tracker = TimedTracker(f"sqlite:///{tmp}/mlflow.db", "overhead")
         parent = tracker.create_parent_run("overhead", {}, {}, {})
-        runners = {"tracked": TrialRunner(spec, data, device, tracker, parent),
-                   "untracked": TrialRunner(spec, data, device, NullTracker(), "none")}
+        runners = {
+            "tracked": TrialRunner(spec, data, device, tracker, parent),
+            "untracked": TrialRunner(spec, data, device, NullTracker(), "none"),
+        }
         study = optuna.create_study(direction="maximize")
         study.optimize(runners["untracked"], n_trials=1)  # warm-up: imports, allocator, first-run costs
         study.optimize(runners["tracked"], n_trials=1)
@@ -139,18 +145,27 @@ def main(argv: list[str] | None = None) -> int:
         "overhead_s": tracked - untracked,
         "overhead_pct": 100 * (tracked - untracked) / untracked,
         "in_tracking_s": in_tracking,
-        "in_tracking_pct": statistics.median(100 * s / (t - s) for s, t in zip(in_tracking, times["tracked"])),
+        "in_tracking_pct": statistics.median(
+            100 * s / (t - s) for s, t in zip(in_tracking, times["tracked"], strict=False)
+        ),
         "all_s": times,
-        "config": {"latent_dim": args.latent_dim, "hidden_width": args.hidden_width, "epochs": spec.train.epochs,
-                   "train_images": len(data.train), "threads": torch.get_num_threads()},
+        "config": {
+            "latent_dim": args.latent_dim,
+            "hidden_width": args.hidden_width,
+            "epochs": spec.train.epochs,
+            "train_images": len(data.train),
+            "threads": torch.get_num_threads(),
+        },
     }
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"trial wall time, median of {args.repeats}: tracked {tracked:.2f} s, untracked {untracked:.2f} s")
         print(f"tracking overhead: {tracked - untracked:.2f} s per trial = {result['overhead_pct']:.1f} %")
-        print(f"time inside tracking calls: {statistics.median(in_tracking):.2f} s per trial = "
-              f"{result['in_tracking_pct']:.1f} % of the rest of the trial")
+        print(
+            f"time inside tracking calls: {statistics.median(in_tracking):.2f} s per trial = "
+            f"{result['in_tracking_pct']:.1f} % of the rest of the trial"
+        )
     return 0
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -22,7 +22,9 @@ RATE_ROUND_S = 0.25  # each round repeats the GEMM(s) for at least this long
 
 
 def best_seconds(
-    fn: Callable[[], object], rounds: int = RATE_ROUNDS, round_s: float = RATE_ROUND_S,
+    fn: Callable[[], object],
+    rounds: int = RATE_ROUNDS,
+    round_s: float = RATE_ROUND_S,
     sync: Callable[[], object] = lambda: None,
 ) -> float:
     """Seconds per call of fn: the best round of `rounds`, each repeating fn for at least round_s.

@@ -1,4 +1,5 @@
-"""Seconds per model-step of K replicates trained stacked (vae.stacked) against one after the other (autograd and fused).
+"""Seconds per model-step of K replicates trained stacked (vae.stacked) against one after the other
+(autograd and fused).
 
 `python -m bench.perf.replicates [--k 3] [--widths 64 128 256 512 1024] [--threads 1]` interleaves
 both ways in one process (best of --rounds rounds) and prints one row per hidden width.
@@ -42,14 +43,14 @@ def measure(kind: str, width: int, latent: int, k: int, batch: int, steps: int, 
             s_opt.step()
 
     def sequential() -> None:
-        for m, o, i in zip(models, opts, range(k)):
+        for m, o, i in zip(models, opts, range(k), strict=False):
             for _ in range(steps):  # as fit_replicates' sequential way: one model's steps, then the next's
                 o.zero_grad(set_to_none=True)
                 m.loss(x[i], generator=gens[i])["loss"].backward()
                 o.step()
 
     def fused() -> None:
-        for fs, i in zip(fused_steps, range(k)):
+        for fs, i in zip(fused_steps, range(k), strict=False):
             for _ in range(steps):
                 fs.step(x[i], gens[i])
 
@@ -71,8 +72,9 @@ def measure(kind: str, width: int, latent: int, k: int, batch: int, steps: int, 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.perf.replicates", description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.perf.replicates", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     p.add_argument("--kind", default="vae", choices=["vae", "ae"], help="model kind")
     p.add_argument("--k", type=int, default=3, help="replicates trained together")
     p.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512, 1024], help="hidden widths")
@@ -84,14 +86,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     info = machine_info()
-    print(f"{info['cpu_model']} (family/model {info['cpu_family_model']}, {' '.join(info['cpu_flags'])}), "
-          f"{args.threads} thread(s), load {os.getloadavg()[0]:.2f}")
-    print(f"{'width':>6} {'stacked ms':>11} {'sequential ms':>14} {'fused ms':>9} {'stacked/seq':>12} {'stacked/fused':>14} "
-          f"{'others':>7}   (per model-step, K={args.k}; sequential: autograd steps, fused: vae.fused's, fit's default)")
+    print(
+        f"{info['cpu_model']} (family/model {info['cpu_family_model']}, {' '.join(info['cpu_flags'])}), "
+        f"{args.threads} thread(s), load {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"{'width':>6} {'stacked ms':>11} {'sequential ms':>14} {'fused ms':>9} {'stacked/seq':>12} "
+        f"{'stacked/fused':>14} {'others':>7}   "
+        f"(per model-step, K={args.k}; sequential: autograd steps, fused: vae.fused's, fit's default)"
+    )
     for w in args.widths:
         r = measure(args.kind, w, args.latent, args.k, args.batch, args.steps, args.rounds)
-        print(f"{w:6d} {1e3 * r['stacked']:11.3f} {1e3 * r['sequential']:14.3f} {1e3 * r['fused']:9.3f} "
-              f"{r['stacked'] / r['sequential']:12.2f} {r['stacked'] / r['fused']:14.2f} {100 * r['others_cpu_share']:6.0f}%")
+        print(
+            f"{w:6d} {1e3 * r['stacked']:11.3f} {1e3 * r['sequential']:14.3f} {1e3 * r['fused']:9.3f} "
+            f"{r['stacked'] / r['sequential']:12.2f} {r['stacked'] / r['fused']:14.2f} "
+            f"{100 * r['others_cpu_share']:6.0f}%"
+        )
     print(f"load at end {os.getloadavg()[0]:.2f}")
     return 0
 

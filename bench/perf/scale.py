@@ -1,4 +1,5 @@
-"""`python -m bench.perf.scale`: trials per hour with 1, 2, 4 local workers, and how fast a killed worker's trial is retried.
+"""`python -m bench.perf.scale`: trials per hour with 1, 2, 4 local workers, and how fast a killed worker's trial
+is retried.
 
 Runs real `python -m bench.run` processes on fresh storages (databases under --storage-url are dropped after)."""
 
@@ -40,7 +41,9 @@ class ScaleConfig:
     data_dir: str | None = None
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)  # split between the workers as torch threads
     recovery: bool = True  # also measure SIGKILL -> retry
-    recovery_trials: int = 200  # enough that the surviving worker stays busy: the heartbeat, not its idle pid check, finds the dead trial
+    recovery_trials: int = (
+        200  # enough that the surviving worker stays busy: the heartbeat, not its idle pid check, finds the dead trial
+    )
 
     def __post_init__(self) -> None:
         if not self.workers or any(w < 1 or w > 64 for w in self.workers):
@@ -83,7 +86,16 @@ def study_copy(study: str, folder: Path) -> Path:
 
 def run_argv(cfg: ScaleConfig, study: Path, storage: str | None, tracking: str, n_trials: int) -> list[str]:
     """The arguments of `python -m bench.run` for one measurement, but for --workers and --threads."""
-    argv = ["--study", str(study), "--n-trials", str(n_trials), "--tracking-uri", tracking, "--no-baselines", "--no-progress"]
+    argv = [
+        "--study",
+        str(study),
+        "--n-trials",
+        str(n_trials),
+        "--tracking-uri",
+        tracking,
+        "--no-baselines",
+        "--no-progress",
+    ]
     argv += ["--storage", storage] if storage else []
     argv += ["--epochs", str(cfg.epochs)] if cfg.epochs else []
     argv += ["--data-dir", cfg.data_dir] if cfg.data_dir else []
@@ -161,9 +173,15 @@ def measure_throughput(cfg: ScaleConfig, workers: int, tmp: Path) -> Throughput:
             drop_database(storage)
     n = len(done)
     return Throughput(
-        workers, cfg.threads(workers), cfg.n_trials,
-        sum(t.state == TrialState.COMPLETE for t in done), sum(t.state == TrialState.PRUNED for t in done),
-        round(wall, 1), round(span, 1), round(n / wall * 3600, 1), round(n / span * 3600, 1) if span > 0 else 0.0,
+        workers,
+        cfg.threads(workers),
+        cfg.n_trials,
+        sum(t.state == TrialState.COMPLETE for t in done),
+        sum(t.state == TrialState.PRUNED for t in done),
+        round(wall, 1),
+        round(span, 1),
+        round(n / wall * 3600, 1),
+        round(n / span * 3600, 1) if span > 0 else 0.0,
     )
 
 
@@ -183,8 +201,8 @@ def measure_recovery(cfg: ScaleConfig, tmp: Path) -> Recovery:
     """Two workers on an RDB storage; SIGKILL one mid-trial; time until its trial is retried."""
     from optuna.trial import TrialState
 
-    from bench.workers import spawn_workers
     from bench.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, create_database, drop_database
+    from bench.workers import spawn_workers
 
     cwd = Path(tempfile.mkdtemp(prefix="recovery-", dir=tmp))
     study = study_copy(cfg.study, cwd)
@@ -197,7 +215,9 @@ def measure_recovery(cfg: ScaleConfig, tmp: Path) -> Recovery:
         argv = run_argv(cfg, study, storage, tracking, cfg.recovery_trials)
         procs.append(bench_run(argv, 1, cfg.threads(2), cwd, cwd / "worker-0.log"))
         with open(cwd / "worker-1.log", "ab") as out:
-            procs += spawn_workers(argv, 2, cfg.threads(2), cwd=cwd, env=worker_env(), stdout=out, stderr=subprocess.STDOUT)
+            procs += spawn_workers(
+                argv, 2, cfg.threads(2), cwd=cwd, env=worker_env(), stdout=out, stderr=subprocess.STDOUT
+            )
         victim = procs[0]
         reader = _poll(lambda: _reader_when_ready(storage, cwd, study.stem), procs, cwd, "the study to be created")
 
@@ -213,8 +233,14 @@ def measure_recovery(cfg: ScaleConfig, tmp: Path) -> Recovery:
         victim.wait()
 
         def retry_started():
-            return next((t for t in trials(reader, study.stem)
-                         if t.system_attrs.get("failed_trial") == killed.number and t.datetime_start), None)
+            return next(
+                (
+                    t
+                    for t in trials(reader, study.stem)
+                    if t.system_attrs.get("failed_trial") == killed.number and t.datetime_start
+                ),
+                None,
+            )
 
         retry = _poll(retry_started, procs[1:], cwd, "the retried trial")
         dead = next(t for t in trials(reader, study.stem) if t.number == killed.number)
@@ -229,8 +255,11 @@ def measure_recovery(cfg: ScaleConfig, tmp: Path) -> Recovery:
         if cfg.storage_url:
             drop_database(storage)
     return Recovery(
-        "postgresql" if cfg.storage_url else "sqlite", HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S,
-        killed.number, retry.number,
+        "postgresql" if cfg.storage_url else "sqlite",
+        HEARTBEAT_INTERVAL_S,
+        GRACE_PERIOD_S,
+        killed.number,
+        retry.number,
         "pid check" if "died mid-trial" in dead.user_attrs.get("fail_reason", "") else "heartbeat",
         round((dead.datetime_complete - killed_at).total_seconds(), 1),
         round((retry.datetime_start - killed_at).total_seconds(), 1),
@@ -282,23 +311,46 @@ def _dispose(reader) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.perf.scale", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
-    p.add_argument("--study", default="smoke", help="study to run, a shipped name or a .toml path; each run uses a fresh copy (default: smoke)")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="local worker counts to measure (default: 1 2 4)")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.perf.scale", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
+    p.add_argument(
+        "--study",
+        default="smoke",
+        help="study to run, a shipped name or a .toml path; each run uses a fresh copy (default: smoke)",
+    )
+    p.add_argument(
+        "--workers", type=int, nargs="+", default=[1, 2, 4], help="local worker counts to measure (default: 1 2 4)"
+    )
     p.add_argument("--n-trials", type=int, default=12, help="trials per throughput run (default: 12)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the study's)")
-    p.add_argument("--storage-url", default=None,
-                   help="PostgreSQL server on which to make, and afterwards drop, one Optuna database per run, "
-                        "e.g. postgresql://postgres@127.0.0.1:5432 (default: a journal file per throughput run "
-                        "and a sqlite file for the recovery run)")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking server; each run leaves an experiment scale-<id> there (default: a sqlite file per run)")
+    p.add_argument(
+        "--storage-url",
+        default=None,
+        help="PostgreSQL server on which to make, and afterwards drop, one Optuna database per run, "
+        "e.g. postgresql://postgres@127.0.0.1:5432 (default: a journal file per throughput run "
+        "and a sqlite file for the recovery run)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking server; each run leaves an experiment scale-<id> there (default: a sqlite file per run)",
+    )
     p.add_argument("--data-dir", default=None, help="data folder (default: $VAE_DATA_DIR, else ./data)")
-    p.add_argument("--cores", type=int, default=os.cpu_count() or 1,
-                   help="CPU cores split between the workers as torch threads: cores // workers each (default: all, here %(default)s)")
-    p.add_argument("--recovery-trials", type=int, default=200,
-                   help="trials in the recovery run: enough that the surviving worker stays busy, so that the heartbeat "
-                        "rather than its idle-time pid check finds the dead trial; the run stops once the retry starts (default: 200)")
+    p.add_argument(
+        "--cores",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="CPU cores split between the workers as torch threads: cores // workers each "
+        "(default: all, here %(default)s)",
+    )
+    p.add_argument(
+        "--recovery-trials",
+        type=int,
+        default=200,
+        help="trials in the recovery run: enough that the surviving worker stays busy, so that the heartbeat "
+        "rather than its idle-time pid check finds the dead trial; the run stops once the retry starts (default: 200)",
+    )
     p.add_argument("--no-recovery", action="store_true", help="skip the SIGKILL recovery measurement")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
     return p
@@ -311,9 +363,18 @@ def validate(args: argparse.Namespace) -> ScaleConfig:
     from vae.data import DataError, check_data
 
     try:
-        cfg = ScaleConfig(study=args.study, workers=tuple(args.workers), n_trials=args.n_trials, epochs=args.epochs,
-                          storage_url=args.storage_url, tracking_uri=args.tracking_uri, data_dir=args.data_dir,
-                          cores=args.cores, recovery=not args.no_recovery, recovery_trials=args.recovery_trials)
+        cfg = ScaleConfig(
+            study=args.study,
+            workers=tuple(args.workers),
+            n_trials=args.n_trials,
+            epochs=args.epochs,
+            storage_url=args.storage_url,
+            tracking_uri=args.tracking_uri,
+            data_dir=args.data_dir,
+            cores=args.cores,
+            recovery=not args.no_recovery,
+            recovery_trials=args.recovery_trials,
+        )
     except ValueError as exc:
         raise BenchError(str(exc)) from None
     spec = load_spec(cfg.study).with_overrides(epochs=cfg.epochs)
@@ -334,7 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = validate(args)
     load_before = os.getloadavg()
-    out: dict = {"config": {**asdict(cfg), "workers": list(cfg.workers)}, "load_avg_before": [round(x, 2) for x in load_before]}
+    out: dict = {
+        "config": {**asdict(cfg), "workers": list(cfg.workers)},
+        "load_avg_before": [round(x, 2) for x in load_before],
+    }
     tmp = Path(tempfile.mkdtemp(prefix="vaebench-scale-"))  # kept when a run fails: its logs are there
     rows = []
     for w in cfg.workers:
@@ -351,15 +415,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"\n{'workers':>7} {'threads':>7} {'trials':>6} {'pruned':>6} {'wall s':>7} {'span s':>7} {'trials/h wall':>13} {'trials/h span':>13}")
+    print(
+        f"\n{'workers':>7} {'threads':>7} {'trials':>6} {'pruned':>6} {'wall s':>7} {'span s':>7} "
+        f"{'trials/h wall':>13} {'trials/h span':>13}"
+    )
     for r in rows:
-        print(f"{r.workers:>7} {r.threads:>7} {r.complete + r.pruned:>6} {r.pruned:>6} {r.wall_s:>7.1f} {r.trial_span_s:>7.1f} "
-              f"{r.trials_per_hour_wall:>13.0f} {r.trials_per_hour_span:>13.0f}")
+        print(
+            f"{r.workers:>7} {r.threads:>7} {r.complete + r.pruned:>6} {r.pruned:>6} {r.wall_s:>7.1f} "
+            f"{r.trial_span_s:>7.1f} {r.trials_per_hour_wall:>13.0f} {r.trials_per_hour_span:>13.0f}"
+        )
     if "recovery" in out:
         rec = out["recovery"]
-        print(f"\nrecovery ({rec['storage']}, heartbeat {rec['heartbeat_interval_s']} s, grace {rec['grace_period_s']} s): "
-              f"trial {rec['killed_trial']} failed {rec['failed_after_s']} s after SIGKILL ({rec['mechanism']}), "
-              f"retried as trial {rec['retry_trial']} {rec['retry_started_after_s']} s after it")
+        print(
+            f"\nrecovery ({rec['storage']}, heartbeat {rec['heartbeat_interval_s']} s, "
+            f"grace {rec['grace_period_s']} s): "
+            f"trial {rec['killed_trial']} failed {rec['failed_after_s']} s after SIGKILL ({rec['mechanism']}), "
+            f"retried as trial {rec['retry_trial']} {rec['retry_started_after_s']} s after it"
+        )
     print(f"load average before {out['load_avg_before']}, after {out['load_avg_after']} (1, 5, 15 min)")
     return 0
 

@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from bench.perf.machine import contended
 from bench.perf.probe import RATE_ROUNDS, SQUARE_N
@@ -31,8 +31,11 @@ def _all(key: str) -> Note:
 EPOCH_ROWS: tuple[tuple[str, str, Note | None], ...] = (
     ("floor at the step's GEMM rate", "floor_s", None),
     ("floor at the square-GEMM peak", "peak_floor_s", None),
-    ("floor + fit's Adam steps", "floor_plus_adam_s",
-     lambda _, result: f"(Adam alone {result['adam_s_per_epoch']:.3f}: not a matmul, not in the floor)"),
+    (
+        "floor + fit's Adam steps",
+        "floor_plus_adam_s",
+        lambda _, result: f"(Adam alone {result['adam_s_per_epoch']:.3f}: not a matmul, not in the floor)",
+    ),
     ("vae.train.fit", "epoch_s", _all("epochs_s")),
     ("fit, autograd step (step=autograd)", "autograd_epoch_s", _all("autograd_epochs_s")),
     ("pytorch/examples way (reference)", "reference_epoch_s", _all("reference_epochs_s")),
@@ -61,10 +64,22 @@ class Target:
 
 
 SPEEDUP = Target("speedup vs reference", "speedup_vs_reference", ">=", SPEEDUP_TARGET, "x", lambda r, p: "")
-FLOOR = Target("ratio to floor", "ratio_to_floor", "<=", FLOOR_RATIO_TARGET, " ",
-               lambda r, p: f"   (to the peak floor: {r['ratio_to_peak_floor']:.2f})")
-FP32_FLOOR = Target("ratio to fp32 floor", "ratio_to_fp32_floor", "<", 1, " ",
-                    lambda r, p: f"   (to its own {p} floor: {r['ratio_to_floor']:.2f})")
+FLOOR = Target(
+    "ratio to floor",
+    "ratio_to_floor",
+    "<=",
+    FLOOR_RATIO_TARGET,
+    " ",
+    lambda r, p: f"   (to the peak floor: {r['ratio_to_peak_floor']:.2f})",
+)
+FP32_FLOOR = Target(
+    "ratio to fp32 floor",
+    "ratio_to_fp32_floor",
+    "<",
+    1,
+    " ",
+    lambda r, p: f"   (to its own {p} floor: {r['ratio_to_floor']:.2f})",
+)
 
 
 def targets(precision: str) -> tuple[Target, ...]:
@@ -96,16 +111,25 @@ def _machine_lines(m: dict) -> list[str]:
 
 def _rate_lines(result: dict) -> list[str]:
     rates = result["gemm_gflops"]
-    header = f"matmul rate, GFLOP/s (best of {RATE_ROUNDS} rounds)".ljust(RATE_LABEL_WIDTH) + "".join(f"{p:>10}" for p in rates)
-    rows = [label.ljust(RATE_LABEL_WIDTH) + "".join(f"{r[key]:10.1f}" for r in rates.values()) for label, key in RATE_ROWS]
-    work = (f"matmul work per epoch: {result['matmul_gflop_per_epoch']:.1f} GFLOP (forward + backward, "
-            f"{result['config']['train_images']} images)")
+    header = f"matmul rate, GFLOP/s (best of {RATE_ROUNDS} rounds)".ljust(RATE_LABEL_WIDTH) + "".join(
+        f"{p:>10}" for p in rates
+    )
+    rows = [
+        label.ljust(RATE_LABEL_WIDTH) + "".join(f"{r[key]:10.1f}" for r in rates.values()) for label, key in RATE_ROWS
+    ]
+    work = (
+        f"matmul work per epoch: {result['matmul_gflop_per_epoch']:.1f} GFLOP (forward + backward, "
+        f"{result['config']['train_images']} images)"
+    )
     return [header, *rows, work]
 
 
 def _run_lines(precision: str, run: Run, result: dict) -> list[str]:
-    lines = ["", f"{precision}  (seconds per epoch, median of {len(run['epochs_s'])} after "
-                 f"{result['config']['warmup_epochs']} warm-up)"]
+    lines = [
+        "",
+        f"{precision}  (seconds per epoch, median of {len(run['epochs_s'])} after "
+        f"{result['config']['warmup_epochs']} warm-up)",
+    ]
     for label, key, note in EPOCH_ROWS:
         if key in run:
             lines.append(f"  {label:<35}{run[key]:8.3f}" + (f"   {note(run, result)}" if note else ""))
@@ -115,8 +139,11 @@ def _run_lines(precision: str, run: Run, result: dict) -> list[str]:
             lines.append(f"  {label:<35}{mean:8.3f}{unit} +- {half:.3f}   (mean and 95 % t-interval over {n} epochs)")
     for t in targets(precision):
         value = run[t.key]
-        lines.append(f"  {t.label:<22}{value:6.2f}{t.unit}   " + verdict(value, t.op, t.limit, contended(run))
-                     + t.note(run, precision))
+        lines.append(
+            f"  {t.label:<22}{value:6.2f}{t.unit}   "
+            + verdict(value, t.op, t.limit, contended(run))
+            + t.note(run, precision)
+        )
     share = run["max_others_cpu_share"]
     if share is not None:
         lines.append(
@@ -125,8 +152,11 @@ def _run_lines(precision: str, run: Run, result: dict) -> list[str]:
         )
     if "quality" in run:
         q = run["quality"]
-        lines.append(f"  test loss after {q['epochs']} epochs {q['test_loss']:8.2f}   "
-                     + verdict(q["test_loss"], "<=", QUALITY_TARGET) + f"   (pytorch/examples: {EXAMPLES_QUALITY})")
+        lines.append(
+            f"  test loss after {q['epochs']} epochs {q['test_loss']:8.2f}   "
+            + verdict(q["test_loss"], "<=", QUALITY_TARGET)
+            + f"   (pytorch/examples: {EXAMPLES_QUALITY})"
+        )
     return lines
 
 
@@ -137,6 +167,9 @@ def format_table(result: dict) -> str:
         lines += _run_lines(precision, run, result)
     rq = result.get("reference_quality")
     if rq:
-        lines += ["", f"pytorch/examples loop, same seed ({rq['seed']}): test loss after {rq['epochs']} epochs "
-                      f"{rq['test_loss']:.2f}   " + verdict(rq["test_loss"], "<=", QUALITY_TARGET)]
+        lines += [
+            "",
+            f"pytorch/examples loop, same seed ({rq['seed']}): test loss after {rq['epochs']} epochs "
+            f"{rq['test_loss']:.2f}   " + verdict(rq["test_loss"], "<=", QUALITY_TARGET),
+        ]
     return "\n".join(lines)

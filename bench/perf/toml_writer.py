@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 

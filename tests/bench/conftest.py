@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from filelock import FileLock

@@ -10,10 +10,10 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from tests.helpers import REPO, data_folder
 
@@ -120,7 +120,7 @@ class StudyRun:
 
         return optuna.load_study(study_name=self.name, storage=JournalStorage(JournalFileBackend(str(self.journal))))
 
-    def record(self) -> "Record":
+    def record(self) -> Record:
         """Everything the study wrote, read back now through MLflow's and Optuna's own APIs."""
         client = self.client()
         experiments = sorted(e.name for e in client.search_experiments() if e.name != "Default")

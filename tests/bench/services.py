@@ -6,6 +6,7 @@ runs `mlflow server` on a free loopback port until `.stop()`, with its backend o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -76,16 +77,26 @@ class MlflowServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = SERVER_START_S) -> "MlflowServer":
+    def start(self, timeout_s: float = SERVER_START_S) -> MlflowServer:
         """Start the server and wait until GET /health answers 200 (RuntimeError with its log otherwise)."""
         self.artifacts.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_path or self.artifacts.parent / f"mlflow-server-{self.port}.log"
         cmd = [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", self.backend_uri,
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--serve-artifacts", "--artifacts-destination", str(self.artifacts),
-            "--workers", "1",
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            self.backend_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(self.artifacts),
+            "--workers",
+            "1",
         ]
         # no background job runners (five more Python processes): the tests log runs only
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -100,7 +111,9 @@ class MlflowServer:
                 return self
             time.sleep(1.0)
         self.stop()
-        raise RuntimeError(f"mlflow server did not answer {self.url}/health within {timeout_s:.0f} s:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"mlflow server did not answer {self.url}/health within {timeout_s:.0f} s:\n{self.log_tail()}"
+        )
 
     def stop(self, timeout_s: float = 20.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -115,17 +128,15 @@ class MlflowServer:
         except ProcessLookupError:
             pass
         # the uvicorn worker may outlive the `mlflow server` parent by a moment
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def log_tail(self, n: int = 4000) -> str:
         if self.log_path is None or not self.log_path.exists():
             return ""
         return self.log_path.read_text(errors="replace")[-n:]
 
-    def __enter__(self) -> "MlflowServer":
+    def __enter__(self) -> MlflowServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -148,7 +159,7 @@ class TcpProxy:
         self._conns: list[socket.socket] = []
         self._listener: socket.socket | None = None
 
-    def start(self) -> "TcpProxy":
+    def start(self) -> TcpProxy:
         import threading
 
         listener = socket.socket()
@@ -187,30 +198,26 @@ class TcpProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def drop(self) -> None:
         """Close the listening socket (new connections are refused) and cut every open connection."""
         if self._listener is not None:
-            try:  # wakes the accept() blocked on it (close() alone would leave it accepting)
+            with contextlib.suppress(
+                OSError
+            ):  # wakes the accept() blocked on it (close() alone would leave it accepting)
                 self._listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self._listener.close()
             self._listener = None
         with self._lock:
             conns, self._conns = self._conns, []
         for s in conns:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
 
-    def restore(self) -> "TcpProxy":
+    def restore(self) -> TcpProxy:
         return self.start()
 
     def stop(self) -> None:

@@ -36,8 +36,15 @@ def _ending_args(run: StudyRun) -> list[str]:
 def _start(run: StudyRun) -> subprocess.Popen:
     """The smoke study with its ending, in its own process group, output in files under its folder."""
     with open(run.cwd / "stdout", "w") as out, open(run.cwd / "stderr", "w") as err:  # the child keeps its own copies
-        return subprocess.Popen([sys.executable, "-m", "bench.run", *_ending_args(run)], cwd=run.cwd, env=cli_env(),
-                                stdout=out, stderr=err, text=True, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "bench.run", *_ending_args(run)],
+            cwd=run.cwd,
+            env=cli_env(),
+            stdout=out,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
 
 
 def _pool_processes(pid: int) -> list[int]:
@@ -73,13 +80,19 @@ def _assert_ending_complete(run: StudyRun) -> None:
     assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
     assert all(T.WORKER in r.data.tags for r in runs)  # every run of every role says which process made it
     done = [r for r in runs if r.info.status == "FINISHED"]
-    baselines = Counter((r.data.tags[T.MODEL], r.data.tags[T.LATENT_DIM]) for r in done
-                        if r.data.tags.get(T.ROLE) == "baseline" and r.data.tags.get(T.COMPARED) == "true")
+    baselines = Counter(
+        (r.data.tags[T.MODEL], r.data.tags[T.LATENT_DIM])
+        for r in done
+        if r.data.tags.get(T.ROLE) == "baseline" and r.data.tags.get(T.COMPARED) == "true"
+    )
     assert baselines == Counter((k, lat) for k in KINDS[1:] for lat in LATENTS)  # each once: none lost, none twice
     compared = [r for r in done if r.data.tags.get(T.ROLE) == "trial" and r.data.tags.get(T.COMPARED) == "true"]
     assert sorted(r.data.tags[T.LATENT_DIM] for r in compared) == list(LATENTS)
-    reps = Counter((r.data.tags[T.MODEL], r.data.tags[T.LATENT_DIM], r.data.tags[T.SEED]) for r in done
-                   if r.data.tags.get(T.ROLE) == T.REPLICATE_ROLE)
+    reps = Counter(
+        (r.data.tags[T.MODEL], r.data.tags[T.LATENT_DIM], r.data.tags[T.SEED])
+        for r in done
+        if r.data.tags.get(T.ROLE) == T.REPLICATE_ROLE
+    )
     assert reps == Counter((k, lat, s) for k in KINDS for lat in LATENTS for s in SEEDS)
     for lat in LATENTS:
         versions = client.search_model_versions(f"name = 'smoke-vae-latent{lat}'")
@@ -134,9 +147,26 @@ def test_a_truncated_data_file_ends_the_gate_in_one_line(tmp_path):
     images.unlink()
     images.write_bytes((src / images.name).read_bytes()[:1_000_000])  # cut mid-image
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "bench.check", "--data-dir", str(tmp_path / "data"), "--workers", "2",
-                           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--no-progress"],
-                          cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=GATE_FAIL_S + 60, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.check",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--workers",
+            "2",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=GATE_FAIL_S + 60,
+        check=False,
+    )
     took = time.monotonic() - t0
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -157,10 +187,16 @@ def test_a_rerun_closes_runs_whose_worker_died_and_only_those(tmp_path):
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "chaos")
     parent = tracker.create_parent_run("chaos", {}, {}, {})
     client = tracker.client
-    dead = client.create_run(tracker.experiment_id, run_name="ae-latent2",
-                             tags={T.PARENT_RUN: parent, T.WORKER: _dead_worker(), T.ROLE: "baseline"}).info.run_id
-    alive = client.create_run(tracker.experiment_id, run_name="pca-latent2",
-                              tags={T.PARENT_RUN: parent, T.WORKER: worker_id(), T.ROLE: "baseline"}).info.run_id
+    dead = client.create_run(
+        tracker.experiment_id,
+        run_name="ae-latent2",
+        tags={T.PARENT_RUN: parent, T.WORKER: _dead_worker(), T.ROLE: "baseline"},
+    ).info.run_id
+    alive = client.create_run(
+        tracker.experiment_id,
+        run_name="pca-latent2",
+        tags={T.PARENT_RUN: parent, T.WORKER: worker_id(), T.ROLE: "baseline"},
+    ).info.run_id
     assert tracker.sweep_dead_runs(parent) == [dead]
     assert tracker.status(dead) == "FAILED" and "died with the run open" in tracker.tags_of(dead)[T.FAIL_REASON]
     assert tracker.status(alive) == "RUNNING"  # this process is alive: its run is its own to close

@@ -26,7 +26,11 @@ def gate(cwd: Path, *args: str, code: Path = ROOT) -> subprocess.CompletedProces
     env = {**os.environ, "PYTHONPATH": str(code)}
     return subprocess.run(
         [sys.executable, "-m", "bench.check", "--tracking-uri", f"sqlite:///{cwd}/mlflow.db", "--no-progress", *args],
-        cwd=code if code != ROOT else cwd, env=env, capture_output=True, text=True, timeout=1200,
+        cwd=code if code != ROOT else cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
 
 
@@ -44,7 +48,10 @@ def table_rows(stdout: str) -> dict[tuple[str, str], str]:
     "args, message",
     [
         (["--workers", "0"], "--workers must be between 1 and 64"),
-        (["--calibrate", "--calibration-seeds", "0", "1", "2", "3", "4", "5", "--gate-size", "4"], "at least --gate-size + 3"),
+        (
+            ["--calibrate", "--calibration-seeds", "0", "1", "2", "3", "4", "5", "--gate-size", "4"],
+            "at least --gate-size + 3",
+        ),
         (["--calibrate", "--calibration-seeds", "20", "21", "22"], "at least 5 distinct"),
         (["--study", "no-such-study"], "no-such-study"),
         (["--thresholds", "/nonexistent/ref.toml"], "does not exist"),
@@ -87,7 +94,8 @@ def test_gate_passes_on_unchanged_code_and_logs_every_seed(passing_run):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     assert sorted((r.data.tags["model"], int(r.data.tags["seed"])) for r in children) == sorted(
-        (m, s) for m in ("vae", "ae", "pca") for s in ref.seeds)
+        (m, s) for m in ("vae", "ae", "pca") for s in ref.seeds
+    )
     vae = [r for r in children if r.data.tags["model"] == "vae"]
     for r in vae:  # the ELBO is its two terms
         m = r.data.metrics
@@ -97,7 +105,7 @@ def test_gate_passes_on_unchanged_code_and_logs_every_seed(passing_run):
 def _planted_study(tmp_path: Path, **train: object) -> Path:
     text = (ROOT / "studies" / "ci.toml").read_text()
     for key, value in train.items():
-        line = next(l for l in text.splitlines() if l.startswith(f"{key} = "))
+        line = next(s for s in text.splitlines() if s.startswith(f"{key} = "))
         text = text.replace(line, f"{key} = {value}")
     path = tmp_path / "planted.toml"
     path.write_text(text)

@@ -8,8 +8,17 @@ import pytest
 
 from tests.bench.helpers import REPO, main_in_process
 
-COMMANDS = ("run", "report", "check", "perf", "perf.overhead", "perf.scale", "perf.replicates", "perf.step_ab",
-            "perf.gpu_check")
+COMMANDS = (
+    "run",
+    "report",
+    "check",
+    "perf",
+    "perf.overhead",
+    "perf.scale",
+    "perf.replicates",
+    "perf.step_ab",
+    "perf.gpu_check",
+)
 
 
 def flag_blocks(help_text: str) -> dict[str, str]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.metrics import COMPARED
-from bench.jobs import JobEnv, ModelJob, compute
 from bench.fd_classifier import FDClassifier, FeatureMLP
+from bench.jobs import JobEnv, ModelJob, compute
+from bench.metrics import COMPARED
 from bench.pool import pool_size
 from vae.model import ModelConfig, build_model
 from vae.train import TrainConfig, fit, save_checkpoint, seed_everything
@@ -26,8 +26,11 @@ def jobs(data, tmp_path_factory) -> list[ModelJob]:
     vae = build_model("vae", MODEL)
     fit(vae, data, TRAIN, progress=False)
     ckpt = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", vae, "vae", TRAIN)
-    return [ModelJob("vae", MODEL, TRAIN, str(ckpt), of_run="run-a"), ModelJob("ae", MODEL, TRAIN, of_run="run-a"),
-            ModelJob("pca", MODEL, TRAIN, of_run="run-a")]
+    return [
+        ModelJob("vae", MODEL, TRAIN, str(ckpt), of_run="run-a"),
+        ModelJob("ae", MODEL, TRAIN, of_run="run-a"),
+        ModelJob("pca", MODEL, TRAIN, of_run="run-a"),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,7 @@ def test_two_processes_compute_what_one_computes(data, jobs, classifier, one_tor
         for name, v in a.scores.items():
             assert b.scores[name] == pytest.approx(v, rel=1e-5, abs=1e-6), (key, name)
         assert len(a.history) == len(b.history) == (1 if key[0] == "ae" else 0)
-        for ha, hb in zip(a.history, b.history):
+        for ha, hb in zip(a.history, b.history, strict=False):
             assert hb == pytest.approx(ha, rel=1e-5)
         assert a.step_images.keys() == b.step_images.keys()
         assert sorted(a.step_images) == ([] if key[0] == "vae" else [0, 1])  # step 0 and each epoch

@@ -33,8 +33,13 @@ AUTH_INI = ROOT / "docker" / "mlflow" / "basic_auth.ini"
 # The variables .env must set (no default): the PostgreSQL superuser's and each service role's
 # password, MLflow's admin password and Flask secret key, and the workers' MLflow password.
 SECRETS = {
-    "POSTGRES_PASSWORD", "OPTUNA_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "DASHBOARD_DB_PASSWORD",
-    "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SECRET_KEY", "MLFLOW_WORKER_PASSWORD",
+    "POSTGRES_PASSWORD",
+    "OPTUNA_DB_PASSWORD",
+    "MLFLOW_DB_PASSWORD",
+    "DASHBOARD_DB_PASSWORD",
+    "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_SECRET_KEY",
+    "MLFLOW_WORKER_PASSWORD",
 }
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, ${VAR:+alt}, $VAR, $$.
@@ -209,9 +214,7 @@ def test_env_example_lists_every_variable_and_repeats_the_defaults(compose, env_
             if m["op"] in (":-", "-"):
                 defaults.setdefault(m["braced"], set()).add(m["arg"])
     assert all(len(values) == 1 for values in defaults.values()), defaults
-    assert {k: v.pop() for k, v in defaults.items()} == {
-        k: env_example[k] for k in defaults
-    }
+    assert {k: v.pop() for k, v in defaults.items()} == {k: env_example[k] for k in defaults}
 
 
 def test_env_file_is_ignored_by_git_and_docker():
@@ -352,7 +355,10 @@ def test_mlflow_serves_artifacts_from_postgres_and_allows_its_service_name(resol
     assert set(flags) <= known, set(flags) - known
     store = urlparse(_option(command, "--backend-store-uri"))
     assert (store.scheme, store.hostname, store.port, store.path) == (
-        "postgresql+psycopg", "postgres", 5432, "/mlflow",
+        "postgresql+psycopg",
+        "postgres",
+        5432,
+        "/mlflow",
     )
     assert "--serve-artifacts" in command
     destination = _option(command, "--artifacts-destination")
@@ -371,7 +377,9 @@ def test_mlflow_serves_artifacts_from_postgres_and_allows_its_service_name(resol
     assert _option(command, "--app-name") == "basic-auth"
     ini = svc["environment"]["MLFLOW_AUTH_CONFIG_PATH"]
     assert f"./docker/mlflow/basic_auth.ini:{ini}:ro" in svc["volumes"]
-    assert {"MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"} <= svc["environment"].keys()
+    assert {"MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"} <= svc[
+        "environment"
+    ].keys()
 
 
 def test_worker_can_be_scaled_and_runs_the_study(compose, resolved):
@@ -394,8 +402,13 @@ def test_worker_can_be_scaled_and_runs_the_study(compose, resolved):
     # The workers log in to MLflow as the user the one-shot job makes, not as the admin.
     job = resolved["services"]["mlflow-worker-user"]
     assert job["depends_on"] == {"mlflow": {"condition": "service_healthy"}}
-    assert worker["environment"]["MLFLOW_TRACKING_USERNAME"] == job["environment"]["WORKER_USERNAME"] == "vaebench-worker"
-    assert job["environment"]["MLFLOW_TRACKING_USERNAME"] == resolved["services"]["mlflow"]["environment"]["MLFLOW_AUTH_ADMIN_USERNAME"]
+    assert (
+        worker["environment"]["MLFLOW_TRACKING_USERNAME"] == job["environment"]["WORKER_USERNAME"] == "vaebench-worker"
+    )
+    assert (
+        job["environment"]["MLFLOW_TRACKING_USERNAME"]
+        == resolved["services"]["mlflow"]["environment"]["MLFLOW_AUTH_ADMIN_USERNAME"]
+    )
     assert job["environment"]["MLFLOW_TRACKING_URI"] == _option(command, "--tracking-uri")
     # The schema job and the worker share the image and the storage URL.
     schema_job = resolved["services"]["optuna-schema"]
@@ -455,7 +468,9 @@ def _postgres_or_skip():
 def _psql(sql, db="postgres"):
     out = subprocess.run(
         ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-Atc", sql],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return out.stdout.split()
 
@@ -485,10 +500,19 @@ class Scratch:
     def init_env(self) -> dict[str, str]:
         """The environment docker compose gives the init script, pointed at the local server."""
         return dict(
-            os.environ, PGHOST="127.0.0.1", POSTGRES_USER="postgres", POSTGRES_DB="postgres",
-            OPTUNA_DB=self.optuna_db, MLFLOW_DB=self.mlflow_db, MLFLOW_AUTH_DB=self.auth_db,
-            OPTUNA_ROLE=self.optuna_role, MLFLOW_ROLE=self.mlflow_role, DASHBOARD_ROLE=self.dashboard_role,
-            OPTUNA_DB_PASSWORD="optuna-Pw-1", MLFLOW_DB_PASSWORD="mlflow-Pw-2", DASHBOARD_DB_PASSWORD="dash-Pw-3",
+            os.environ,
+            PGHOST="127.0.0.1",
+            POSTGRES_USER="postgres",
+            POSTGRES_DB="postgres",
+            OPTUNA_DB=self.optuna_db,
+            MLFLOW_DB=self.mlflow_db,
+            MLFLOW_AUTH_DB=self.auth_db,
+            OPTUNA_ROLE=self.optuna_role,
+            MLFLOW_ROLE=self.mlflow_role,
+            DASHBOARD_ROLE=self.dashboard_role,
+            OPTUNA_DB_PASSWORD="optuna-Pw-1",
+            MLFLOW_DB_PASSWORD="mlflow-Pw-2",
+            DASHBOARD_DB_PASSWORD="dash-Pw-3",
         )
 
 
@@ -514,16 +538,22 @@ def _run_init_script(s: Scratch):
 def test_init_script_creates_the_roles_and_their_databases_and_can_run_again(scratch):
     s = scratch
     quoted = ", ".join(f"'{n}'" for n in s.databases)
-    owners = (f"SELECT d.datname || ':' || r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
-              f"WHERE d.datname IN ({quoted}) ORDER BY 1")
+    owners = (
+        f"SELECT d.datname || ':' || r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
+        f"WHERE d.datname IN ({quoted}) ORDER BY 1"
+    )
     assert _psql(owners) == []
     _run_init_script(s)
-    expected = sorted([f"{s.optuna_db}:{s.optuna_role}", f"{s.mlflow_db}:{s.mlflow_role}", f"{s.auth_db}:{s.mlflow_role}"])
+    expected = sorted(
+        [f"{s.optuna_db}:{s.optuna_role}", f"{s.mlflow_db}:{s.mlflow_role}", f"{s.auth_db}:{s.mlflow_role}"]
+    )
     assert _psql(owners) == expected
     roles = ", ".join(f"'{r}'" for r in s.roles)
     # login roles, and none may act as superuser, make roles or databases, or skip row security
-    powers = (f"SELECT rolname || ':' || rolcanlogin || rolsuper || rolcreaterole || rolcreatedb || rolreplication "
-              f"|| rolbypassrls FROM pg_roles WHERE rolname IN ({roles}) ORDER BY 1")
+    powers = (
+        f"SELECT rolname || ':' || rolcanlogin || rolsuper || rolcreaterole || rolcreatedb || rolreplication "
+        f"|| rolbypassrls FROM pg_roles WHERE rolname IN ({roles}) ORDER BY 1"
+    )
     assert _psql(powers) == sorted(f"{r}:truefalsefalsefalsefalsefalse" for r in s.roles)
     _run_init_script(s)  # a restarted volume or a manual re-run (also rotates the passwords)
     assert _psql(owners) == expected
@@ -568,15 +598,25 @@ def test_service_roles_have_only_the_privileges_they_need(scratch):
     assert "permission denied for table studies" in str(refused.value.__cause__)
     storage.engine.dispose()
     plain = dash_url.replace("+psycopg", "")
-    for sql in ("INSERT INTO studies (study_name) VALUES ('x')", "DELETE FROM trials",
-                "UPDATE studies SET study_name = 'x'", "CREATE TABLE notes (x int)", "DROP TABLE trials"):
+    for sql in (
+        "INSERT INTO studies (study_name) VALUES ('x')",
+        "DELETE FROM trials",
+        "UPDATE studies SET study_name = 'x'",
+        "CREATE TABLE notes (x int)",
+        "DROP TABLE trials",
+    ):
         with psycopg.connect(plain) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(sql)
     assert _psql("SELECT count(*) FROM studies", s.optuna_db) == ["1"]
 
     # No service role may even connect to another service's database.
-    for role, db in [(s.optuna_role, s.mlflow_db), (s.optuna_role, s.auth_db), (s.dashboard_role, s.mlflow_db),
-                     (s.mlflow_role, s.optuna_db), ("vaebench_no_such_role_" + uuid.uuid4().hex[:6], s.optuna_db)]:
+    for role, db in [
+        (s.optuna_role, s.mlflow_db),
+        (s.optuna_role, s.auth_db),
+        (s.dashboard_role, s.mlflow_db),
+        (s.mlflow_role, s.optuna_db),
+        ("vaebench_no_such_role_" + uuid.uuid4().hex[:6], s.optuna_db),
+    ]:
         with pytest.raises(psycopg.OperationalError, match="permission denied|does not exist"):
             psycopg.connect(s.url(role, db).replace("+psycopg", "")).close()
     # The mlflow role may in both of its own, and create tables there (MLflow's migrations do).
@@ -595,8 +635,10 @@ def test_optuna_schema_job_creates_the_tables_the_workers_share(resolved, scratc
     env = dict(os.environ, OPTUNA_STORAGE=scratch.url(scratch.optuna_role, scratch.optuna_db))
     assert job["command"][0] == "python"
     subprocess.run([sys.executable, *job["command"][1:]], env=env, check=True, timeout=120)
-    owned = _psql(f"SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tableowner = '{scratch.optuna_role}'",
-                  scratch.optuna_db)
+    owned = _psql(
+        f"SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tableowner = '{scratch.optuna_role}'",
+        scratch.optuna_db,
+    )
     assert {"studies", "trials", "version_info", "alembic_version"} <= set(owned)
 
 
@@ -676,7 +718,7 @@ def test_mlflow_command_serves_with_basic_auth_host_checks_and_artifacts(resolve
     admin = (svc["environment"]["MLFLOW_AUTH_ADMIN_USERNAME"], svc["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"])
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
-    log = open(tmp_path / "server.log", "w")
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - the server writes to it until the teardown closes it
     # Its own process group: `mlflow server` starts uvicorn and job-runner children,
     # which the teardown ends together with it.
     server = subprocess.Popen(
@@ -726,7 +768,9 @@ def test_mlflow_command_serves_with_basic_auth_host_checks_and_artifacts(resolve
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
         with pytest.raises(MlflowException, match="401|Unauthorized|credentials"):
             MlflowClient(base).get_run(run_id)
-        with pytest.raises(BenchError, match=r"refused user 'vaebench-worker' with MLFLOW_TRACKING_PASSWORD \(401 Unauthorized\)"):
+        with pytest.raises(
+            BenchError, match=r"refused user 'vaebench-worker' with MLFLOW_TRACKING_PASSWORD \(401 Unauthorized\)"
+        ):
             check_tracking_uri(base)
         monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
         with pytest.raises(BenchError, match=r"refused a request with no user \(401"):

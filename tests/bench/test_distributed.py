@@ -15,15 +15,14 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from bench.storage import StorageTarget, open_storage
-from tests.helpers import REPO
 from tests.bench.services import (
     MlflowServer,
     create_database,
@@ -32,6 +31,7 @@ from tests.bench.services import (
     free_port,
     postgres_available,
 )
+from tests.helpers import REPO
 
 SMOKE = REPO / "studies" / "smoke.toml"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -90,8 +90,12 @@ def study_file(tmp_path: Path, epochs: int = 1, limit: int = 1000, prune: bool =
     name = f"scale-{uuid.uuid4().hex[:8]}"
     text = SMOKE.read_text()
     pruner = 'pruner = { type = "median", n_warmup_steps = 1, n_startup_trials = 2 }'
-    for old, new in (('name = "smoke"', f'name = "{name}"'), ("epochs = 2", f"epochs = {epochs}"),
-                     ("limit = 2000", f"limit = {limit}"), (pruner, pruner if prune else 'pruner = { type = "none" }')):
+    for old, new in (
+        ('name = "smoke"', f'name = "{name}"'),
+        ("epochs = 2", f"epochs = {epochs}"),
+        ("limit = 2000", f"limit = {limit}"),
+        (pruner, pruner if prune else 'pruner = { type = "none" }'),
+    ):
         assert old in text, f"studies/smoke.toml changed: no {old!r}"
         text = text.replace(old, new)
     path = tmp_path / f"{name}.toml"
@@ -111,7 +115,9 @@ class Worker:
         env = {**os.environ, "PYTHONPATH": str(REPO), "VAE_DATA_DIR": str(data_dir)}
         env.pop("MLFLOW_TRACKING_URI", None)
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "bench.run", *args], cwd=cwd, env=env, stdout=out, stderr=err)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.run", *args], cwd=cwd, env=env, stdout=out, stderr=err
+            )
 
     @property
     def pid(self) -> int:
@@ -149,8 +155,21 @@ def workers():
 
 
 def run_args(study: Path, storage: str | None, tracking: str, n_trials: int, *extra: str) -> list[str]:
-    args = ["--study", str(study), "--tracking-uri", tracking, "--n-trials", str(n_trials),
-            "--workers", "1", "--threads", "1", "--no-baselines", "--no-progress", *extra]
+    args = [
+        "--study",
+        str(study),
+        "--tracking-uri",
+        tracking,
+        "--n-trials",
+        str(n_trials),
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--no-baselines",
+        "--no-progress",
+        *extra,
+    ]
     return args + (["--storage", storage] if storage else [])
 
 
@@ -239,7 +258,10 @@ def check_study(storage, tracking: str, name: str, n_trials: int) -> tuple[optun
     for t in finished:
         run = by_id[t.user_attrs["mlflow_run_id"]]
         assert int(run.data.tags["trial_number"]) == t.number
-        assert run.info.status == ("FINISHED" if t.state == TrialState.COMPLETE else "KILLED"), (t.number, run.info.status)
+        assert run.info.status == ("FINISHED" if t.state == TrialState.COMPLETE else "KILLED"), (
+            t.number,
+            run.info.status,
+        )
     return study, trial_runs
 
 
@@ -272,7 +294,7 @@ def test_workers_opening_an_empty_database_together_all_get_the_storage(new_db):
         url = new_db()
         barrier = threading.Barrier(4)
 
-        def open_it() -> None:
+        def open_it(barrier: threading.Barrier = barrier, url: str = url) -> None:
             barrier.wait()
             open_storage(StorageTarget("rdb", url))
 
@@ -282,9 +304,9 @@ def test_workers_opening_an_empty_database_together_all_get_the_storage(new_db):
 
 def test_a_joining_worker_does_not_propose_the_creators_configurations(tmp_path):
     """Two workers seeded alike would train the same first configurations twice."""
-    from bench.trials import suggest_configs
     from bench.spec import load_spec
     from bench.study import open_study
+    from bench.trials import suggest_configs
 
     spec = load_spec(str(study_file(tmp_path)))
     storage = open_storage(StorageTarget("journal", str(tmp_path / "optuna.journal")))
@@ -369,8 +391,8 @@ def start_trial(spec, study, tracker, parent: str, worker: str) -> optuna.trial.
 
 
 def test_only_trials_of_dead_workers_in_this_pid_namespace_are_recovered(local_study):
-    from bench.workers import worker_id
     from bench.study import recover_dead_local_trials
+    from bench.workers import worker_id
 
     spec, study, tracker, parent = local_study
     host = worker_id().rsplit(":", 1)[0]
@@ -416,8 +438,8 @@ def test_a_retried_trial_keeps_the_params_but_not_the_dead_workers_run(local_stu
 
 def test_a_dead_local_workers_trial_is_queued_again(local_study):
     from bench.storage import StaleTrialHandler
-    from bench.workers import worker_id
     from bench.study import recover_dead_local_trials
+    from bench.workers import worker_id
 
     spec, study, tracker, parent = local_study
     dead = start_trial(spec, study, tracker, parent, f"{worker_id().rsplit(':', 1)[0]}:{dead_pid()}")
@@ -559,7 +581,9 @@ def start_together(workers, n: int, cwd: Path, args: list[str], data_dir: Path) 
 
 @needs_postgres
 @pytest.mark.slow  # two workers and a study on one core each: ~90 s on an idle 2-core AMD EPYC
-def test_two_workers_share_a_study_on_postgres_and_an_mlflow_server(tmp_path, data_root, new_db, mlflow_server, workers):
+def test_two_workers_share_a_study_on_postgres_and_an_mlflow_server(
+    tmp_path, data_root, new_db, mlflow_server, workers
+):
     study, storage, url = study_file(tmp_path, epochs=20, limit=2000, prune=False), new_db(), mlflow_server.url
     ws = start_together(workers, 2, tmp_path, run_args(study, storage, url, 4), data_root)
     for w in ws:
@@ -626,7 +650,9 @@ def test_an_unreachable_tracking_server_is_one_line_and_exit_3(tmp_path, data_ro
     import psycopg
 
     with psycopg.connect(storage) as conn:  # nothing was written: not even Optuna's tables
-        assert conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'").fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchone() == (0,)
 
 
 @needs_postgres
@@ -676,12 +702,24 @@ def test_workers_starting_together_on_a_new_sqlite_store_all_open_it(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     uri, barrier = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "barrier"
     barrier.mkdir()
-    procs = [subprocess.Popen([sys.executable, "-c", OPEN_TRACKER_ON_GO, uri, str(barrier), str(i)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_TRACKER_ON_GO, uri, str(barrier), str(i)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
     # released together once every process has imported mlflow, however long that takes on this machine
     # (a fixed start time assumed a speed: a late process would open the store alone and test no race)
-    wait_for(lambda: len(list(barrier.glob("ready-*"))) == 3 or any(p.poll() is not None for p in procs), 120,
-             "3 processes importing mlflow", poll_s=0.05)
+    wait_for(
+        lambda: len(list(barrier.glob("ready-*"))) == 3 or any(p.poll() is not None for p in procs),
+        120,
+        "3 processes importing mlflow",
+        poll_s=0.05,
+    )
     (barrier / "go").touch()
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-600:] for _, err in outs]

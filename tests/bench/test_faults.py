@@ -61,8 +61,14 @@ class Cli:
     proc: subprocess.Popen | None = None
 
     def start(self) -> Cli:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.run", *self.args], cwd=self.cwd, env=cli_env(),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.run", *self.args],
+            cwd=self.cwd,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         threading.Thread(target=self._read, daemon=True).start()
         return self
 
@@ -85,8 +91,19 @@ class Cli:
 
 
 def run_args(storage: str, tracking: str, *extra: str) -> list[str]:
-    return ["--study", str(STUDY), "--storage", storage, "--tracking-uri", tracking, "--workers", "1",
-            "--no-progress", "--no-baselines", *extra]
+    return [
+        "--study",
+        str(STUDY),
+        "--storage",
+        storage,
+        "--tracking-uri",
+        tracking,
+        "--workers",
+        "1",
+        "--no-progress",
+        "--no-baselines",
+        *extra,
+    ]
 
 
 def load(storage: str):
@@ -159,8 +176,10 @@ def test_an_mlflow_server_stopped_mid_trial_for_longer_than_the_clients_retries_
         started, over = cli.said("outage: cannot reach the MLflow tracking store"), cli.said("outage over: the MLflow")
         assert len(started) == 1 and len(over) == 1, cli.err
         assert started[0][0] >= down and over[0][0] >= up
-        print(f"\nFAULT mlflow-server-stopped: down {up - down:.0f} s (stopped {MLFLOW_DOWN_S} s + restart), "
-              f"trials lost 0 of 3, runs lost 0, recovered {over[0][0] - up:.1f} s after it answered /health")
+        print(
+            f"\nFAULT mlflow-server-stopped: down {up - down:.0f} s (stopped {MLFLOW_DOWN_S} s + restart), "
+            f"trials lost 0 of 3, runs lost 0, recovered {over[0][0] - up:.1f} s after it answered /health"
+        )
     finally:
         if cli.proc.poll() is None:
             cli.proc.kill()
@@ -192,7 +211,9 @@ class ProxiedStudy:
 def proxied(tmp_path, new_db):
     db = new_db()
     proxy = TcpProxy(("127.0.0.1", 5432)).start()
-    yield ProxiedStudy(proxy, db_url(db), db_url(db).replace(":5432", f":{proxy.port}"), f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield ProxiedStudy(
+        proxy, db_url(db), db_url(db).replace(":5432", f":{proxy.port}"), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    )
     proxy.stop()
 
 
@@ -209,8 +230,10 @@ def test_postgres_cut_off_mid_trial_is_waited_out_and_the_trial_not_taken_for_de
         over = cli.said("outage over: the Optuna storage")
         assert len(cli.said("outage: cannot reach the Optuna storage")) == 1 and len(over) == 1, cli.err
         assert "postgres@127.0.0.1" in over[0][1]
-        print(f"\nFAULT postgres-cut-off: down {up - down:.0f} s, trials lost 0 of 3, runs lost 0, "
-              f"recovered {over[0][0] - up:.1f} s after the proxy took connections again")
+        print(
+            f"\nFAULT postgres-cut-off: down {up - down:.0f} s, trials lost 0 of 3, runs lost 0, "
+            f"recovered {over[0][0] - up:.1f} s after the proxy took connections again"
+        )
     finally:
         if cli.proc.poll() is None:
             cli.proc.kill()
@@ -225,7 +248,9 @@ def test_postgres_down_past_the_window_exits_3_and_the_rerun_requeues_the_trial_
         assert cli.wait(timeout=120) == 3, cli.err
         gave_up = time.monotonic() - down
         errors = [s for _, s in cli.lines if s.startswith("error: ")]
-        assert len(errors) == 1 and "has been unreachable for" in errors[0] and "(--outage-timeout 5)" in errors[0], cli.err
+        assert len(errors) == 1 and "has been unreachable for" in errors[0] and "(--outage-timeout 5)" in errors[0], (
+            cli.err
+        )
         assert "Traceback" not in cli.err
         proxy.restore()
         up = time.monotonic()
@@ -239,8 +264,10 @@ def test_postgres_down_past_the_window_exits_3_and_the_rerun_requeues_the_trial_
         assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == failed[0].params
         run = next(r for r in runs["FAILED"] if r.data.tags.get("trial_number") == str(failed[0].number))
         assert run.data.tags["vaebench.failure"] == "infrastructure"  # never the model's failure
-        print(f"\nFAULT postgres-down-past-window: gave up after {gave_up:.0f} s (--outage-timeout 5), exit 3; "
-              f"rerun finished the study in {recovered:.0f} s; trials lost 0 (1 requeued as infrastructure), runs lost 0")
+        print(
+            f"\nFAULT postgres-down-past-window: gave up after {gave_up:.0f} s (--outage-timeout 5), exit 3; "
+            f"rerun finished the study in {recovered:.0f} s; trials lost 0 (1 requeued as infrastructure), runs lost 0"
+        )
     finally:
         for c in (cli, locals().get("rerun")):
             if c is not None and c.proc is not None and c.proc.poll() is None:

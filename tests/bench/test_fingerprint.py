@@ -50,7 +50,10 @@ def test_first_difference_is_named_in_file_order_and_more_replicate_seeds_are_al
     assert first_difference(old, new) == "study.sampler.seed: stored 0, now 5"  # [study] comes first
     assert first_difference(old, fingerprint(spec, "xyz")) == "data.digest: stored abc, now xyz"
     assert first_difference(old, fingerprint(spec.with_overrides(replicates=3), "abc")) is None  # seeds 1, 2 -> 1, 2, 3
-    assert first_difference(old, fingerprint(spec.with_overrides(replicates=0), "abc")) == "replicates.seeds: stored [1, 2], now []"
+    assert (
+        first_difference(old, fingerprint(spec.with_overrides(replicates=0), "abc"))
+        == "replicates.seeds: stored [1, 2], now []"
+    )
 
 
 def test_an_edited_study_is_refused_on_resume_and_more_trials_are_not(tmp_path, capsys):
@@ -59,7 +62,13 @@ def test_an_edited_study_is_refused_on_resume_and_more_trials_are_not(tmp_path, 
     assert created and study.user_attrs["fingerprint"]["train.epochs"] == 2
 
     with pytest.raises(BenchError) as err:
-        open_study(spec.with_overrides(epochs=3), journal(tmp_path), 0, fingerprint(spec.with_overrides(epochs=3), "abc"), "here")
+        open_study(
+            spec.with_overrides(epochs=3),
+            journal(tmp_path),
+            0,
+            fingerprint(spec.with_overrides(epochs=3), "abc"),
+            "here",
+        )
     assert str(err.value) == (
         "the study 'smoke' in here was run with other settings (train.epochs: stored 2, now 3); it cannot be "
         "resumed with these: use another --storage, or another study name ([study] name)"
@@ -89,7 +98,12 @@ def test_a_study_stored_before_fingerprints_adopts_this_runs_with_a_notice(tmp_p
 def test_the_cli_refuses_an_edited_study_file_in_one_line_and_writes_nothing(smoke, tmp_path):
     run = smoke.run
     edited = tmp_path / "smoke.toml"
-    edited.write_text((STUDIES_DIR / "smoke.toml").read_text().replace("epochs = 2", "epochs = 3").replace("n_trials = 3", "n_trials = 5"))
+    edited.write_text(
+        (STUDIES_DIR / "smoke.toml")
+        .read_text()
+        .replace("epochs = 2", "epochs = 3")
+        .replace("n_trials = 3", "n_trials = 5")
+    )
     before = run.optuna_study()
     runs_before = len(run.record().children)
 
@@ -98,5 +112,7 @@ def test_the_cli_refuses_an_edited_study_file_in_one_line_and_writes_nothing(smo
     assert proc.stderr.count("\n") == 1 and "(train.epochs: stored 2, now 3)" in proc.stderr, proc.stderr
     assert "another --storage" in proc.stderr and "another study name" in proc.stderr
     after = run.optuna_study()  # (open_study's create-or-load appends a no-op create to a journal, as on any resume)
-    assert after.user_attrs == before.user_attrs and [t.number for t in after.trials] == [t.number for t in before.trials]
+    assert after.user_attrs == before.user_attrs and [t.number for t in after.trials] == [
+        t.number for t in before.trials
+    ]
     assert len(run.record().children) == runs_before

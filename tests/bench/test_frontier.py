@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import optuna
 import pandas as pd
-import pytest
 
 from bench.frontier import pareto_mask, pick_by_elbo, rate_distortion_figure, rate_distortion_points
 
@@ -50,8 +49,18 @@ def _runs() -> pd.DataFrame:
         ("g", "baseline", "FINISHED", 8, -1, np.nan, 80.0),
     ]
     return pd.DataFrame(
-        [{"run_id": r, "tags.vaebench.role": role, "status": st, "tags.latent_dim": str(l), "tags.trial_number": str(n),
-          "metrics.val/kl": kl, "metrics.val/recon_bce": rec} for r, role, st, l, n, kl, rec in rows]
+        [
+            {
+                "run_id": r,
+                "tags.vaebench.role": role,
+                "status": st,
+                "tags.latent_dim": str(latent),
+                "tags.trial_number": str(n),
+                "metrics.val/kl": kl,
+                "metrics.val/recon_bce": rec,
+            }
+            for r, role, st, latent, n, kl, rec in rows
+        ]
     )
 
 
@@ -73,7 +82,7 @@ def test_rate_distortion_figure_has_a_panel_per_latent_size_with_its_references(
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.axison]
     assert [ax.get_title() for ax in panels] == ["latent size 2", "latent size 8"]
     # horizontal reference lines at the baselines' distortion, per panel
-    flat = lambda ax: sorted(l.get_ydata()[0] for l in ax.get_lines() if l.get_linestyle() == "--")  # noqa: E731
+    flat = lambda ax: sorted(ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_linestyle() == "--")  # noqa: E731
     assert flat(panels[0]) == [120.0, 160.0] and flat(panels[1]) == [70.0]
     lo, hi = panels[0].get_ylim()
     assert lo < 70.0 and hi > 160.0  # shared axes hold every point and line

@@ -25,7 +25,7 @@ def test_directions_match_what_each_metric_measures():
     assert metrics.metric("val/elbo").direction == "maximize"
     assert metrics.metric("val/kl").direction == "minimize"
     with pytest.raises(ValueError):
-        metrics.metric("test/active_units").direction
+        _ = metrics.metric("test/active_units").direction
 
 
 def test_the_comparison_reconstruction_has_its_own_key():
@@ -38,8 +38,8 @@ def test_the_comparison_reconstruction_has_its_own_key():
 
 def test_readers_take_keys_and_directions_from_the_registry():
     assert SCORE_NAMES == metrics.COMPARED
-    assert SHARED_METRICS == {k: metrics.better(k) for k in metrics.COMPARISON}
-    assert metrics.COMPARISON == (*metrics.COMPARED, metrics.OOD_AUROC)  # OOD only where the study names a dataset
+    assert {k: metrics.better(k) for k in metrics.COMPARISON} == SHARED_METRICS
+    assert (*metrics.COMPARED, metrics.OOD_AUROC) == metrics.COMPARISON  # OOD only where the study names a dataset
     assert METRIC_DIRECTIONS["val/elbo"] == "maximize" and METRIC_DIRECTIONS["train/recon_bce"] == "minimize"
     assert set(METRIC_DIRECTIONS) == {k for k in metrics.METRICS if k.split("/")[0] in ("train", "val")}
 

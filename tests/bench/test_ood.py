@@ -28,7 +28,9 @@ def test_per_image_iwae_averages_to_iwae_nll(trained_vae, small_mnist):
     x = small_mnist.test.x[:60]
     per = iwae_nll_per_image(trained_vae, x, k=20, batch_size=25, chunk=7, seed=3)
     assert per.shape == (60,) and (per > 0).all()
-    assert per.double().mean().item() == pytest.approx(iwae_nll(trained_vae, x, k=20, batch_size=25, chunk=7, seed=3), rel=1e-6)
+    assert per.double().mean().item() == pytest.approx(
+        iwae_nll(trained_vae, x, k=20, batch_size=25, chunk=7, seed=3), rel=1e-6
+    )
 
 
 def test_reconstruction_score_per_image_averages_to_code_recon_bce(trained_vae, small_mnist):
@@ -45,7 +47,10 @@ def test_ood_images_are_the_other_datasets_test_set_binarized_alike(data_root):
     assert x.shape == (spec.data.test_limit, 784)
     assert set(x.unique().tolist()) == {0.0, 1.0}  # dynamic binarization: one fixed draw, like the MNIST test set
     assert torch.equal(x, load_ood_images(spec, data_root))
-    assert load_ood_images(dataclasses.replace(spec, eval=dataclasses.replace(spec.eval, ood_dataset=None)), data_root) is None
+    assert (
+        load_ood_images(dataclasses.replace(spec, eval=dataclasses.replace(spec.eval, ood_dataset=None)), data_root)
+        is None
+    )
 
 
 def test_missing_ood_folder_is_one_bench_error(tmp_path):

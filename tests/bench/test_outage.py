@@ -63,7 +63,9 @@ def test_an_outage_is_waited_out_with_one_line_at_its_start_and_one_at_its_end(c
 def test_past_the_window_it_gives_up_and_later_calls_fail_at_once():
     o = Outage("the test service", timeout_s=0.3)
     t0 = time.monotonic()
-    with pytest.raises(InfrastructureError, match=r"^the test service has been unreachable for 0 s \(--outage-timeout 0\)"):
+    with pytest.raises(
+        InfrastructureError, match=r"^the test service has been unreachable for 0 s \(--outage-timeout 0\)"
+    ):
         o.call(flaky(1000, TimeoutError("timed out")))
     assert 0.3 <= time.monotonic() - t0 < 2.0
     other = Outage("another service", timeout_s=60)  # the process is ending: nothing waits any more
@@ -108,8 +110,15 @@ def test_what_the_real_clients_raise_for_a_closed_port_is_an_outage_and_a_wrong_
 
 def check_cli(cwd, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "bench.check", "--no-progress", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "bench.check", "--no-progress", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_the_gate_exits_3_not_1_when_the_tracking_server_is_unreachable(tmp_path):

@@ -1,4 +1,5 @@
-"""bench.paper: the literature's k = 5000 NLL logged once on the best trial's run (a real MLflow store and Optuna storage).
+"""bench.paper: the literature's k = 5000 NLL logged once on the best trial's run
+(a real MLflow store and Optuna storage).
 
 k is lowered for speed: the plumbing is the same, k = 5000 on 10,000 images costs ~2e13 FLOPs.
 """
@@ -9,8 +10,8 @@ import pytest
 import torch
 
 from bench.context import StudyContext
-from bench.spec import StudySpec
 from bench.paper import BATCH_IMAGES, CHUNK_SAMPLES, PAPER_KEYS, PAPER_SECONDS_TAG, paper_nll, score_paper_protocol
+from bench.spec import StudySpec
 from vae.evaluate import iwae_nll_per_image
 from vae.train import TrainConfig, save_checkpoint
 
@@ -39,8 +40,10 @@ def test_the_best_trial_run_gets_the_paper_nll_once(tmp_path, trained_vae, small
             ckpt = save_checkpoint(tmp_path / str(i) / "model.pt", trained_vae, "vae", TrainConfig(seed=4))
             tracker.log_file(run.run_id, ckpt, "checkpoint")
             run_ids.append(run.run_id)
-    study = optuna.create_study(storage=JournalStorage(JournalFileBackend(str(tmp_path / "j.log"))), direction="maximize")
-    for value, rid in zip((-120.0, -110.0), run_ids):  # the second trial is the best
+    study = optuna.create_study(
+        storage=JournalStorage(JournalFileBackend(str(tmp_path / "j.log"))), direction="maximize"
+    )
+    for value, rid in zip((-120.0, -110.0), run_ids, strict=False):  # the second trial is the best
         study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"mlflow_run_id": rid}))
 
     spec = StudySpec(name="paper")  # one objective: the best trial is Optuna's

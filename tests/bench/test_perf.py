@@ -69,14 +69,40 @@ def test_flags_default_to_what_fit_does_and_refuse_bad_values(capsys):
 
 def _result(share: float | None, ratio: float) -> dict:
     """A bench.perf result as `run` returns it, with one fp32 run of the given contention and ratio."""
-    run = {"epochs_s": [1.0, 1.0, 1.0], "reference_epochs_s": [9.0] * 3, "floor_s": 1.0 / ratio, "peak_floor_s": 0.5,
-           "floor_plus_adam_s": 1.0, "epoch_s": 1.0, "reference_epoch_s": 9.0, "speedup_vs_reference": 9.0,
-           "ratio_to_floor": ratio, "ratio_to_peak_floor": 2.0, "max_others_cpu_share": share}
-    machine = {"cpu_vendor": "GenuineIntel", "cpu_model": "Intel(R) Xeon(R) Processor", "cpu_family_model": "6/167",
-               "logical_cpus": 2, "cpu_flags": ["amx_bf16", "avx512_bf16"], "bf16_matmul": True, "torch": "2.x",
-               "cpu_capability": "AVX512", "torch_threads": 2, "load_avg_1m": 0.1, "load_avg_1m_end": 0.1}
-    return {"machine": machine, "gemm_gflops": {"fp32": {"square": 100.0, "model": 90.0}}, "matmul_gflop_per_epoch": 90.0,
-            "config": {"train_images": 60000, "warmup_epochs": 1}, "adam_s_per_epoch": 0.1, "runs": {"fp32": run}}
+    run = {
+        "epochs_s": [1.0, 1.0, 1.0],
+        "reference_epochs_s": [9.0] * 3,
+        "floor_s": 1.0 / ratio,
+        "peak_floor_s": 0.5,
+        "floor_plus_adam_s": 1.0,
+        "epoch_s": 1.0,
+        "reference_epoch_s": 9.0,
+        "speedup_vs_reference": 9.0,
+        "ratio_to_floor": ratio,
+        "ratio_to_peak_floor": 2.0,
+        "max_others_cpu_share": share,
+    }
+    machine = {
+        "cpu_vendor": "GenuineIntel",
+        "cpu_model": "Intel(R) Xeon(R) Processor",
+        "cpu_family_model": "6/167",
+        "logical_cpus": 2,
+        "cpu_flags": ["amx_bf16", "avx512_bf16"],
+        "bf16_matmul": True,
+        "torch": "2.x",
+        "cpu_capability": "AVX512",
+        "torch_threads": 2,
+        "load_avg_1m": 0.1,
+        "load_avg_1m_end": 0.1,
+    }
+    return {
+        "machine": machine,
+        "gemm_gflops": {"fp32": {"square": 100.0, "model": 90.0}},
+        "matmul_gflop_per_epoch": 90.0,
+        "config": {"train_images": 60000, "warmup_epochs": 1},
+        "adam_s_per_epoch": 0.1,
+        "runs": {"fp32": run},
+    }
 
 
 def test_the_table_states_the_cpu_kind_and_never_calls_a_contended_run_met():
@@ -98,15 +124,28 @@ def _two_precisions() -> dict:
     """fp32 on an idle machine, bf16 contended, both with --quality, and the reference loop's quality."""
     result = _result(0.01, 1.2)
     result["machine"].update(cpu_flags=[], bf16_matmul=False, load_avg_1m_end=1.25)
-    result.update(gemm_gflops={"fp32": {"square": 100.0, "model": 90.04}, "bf16": {"square": 300.55, "model": 120.0}},
-                  matmul_gflop_per_epoch=196.8, adam_s_per_epoch=0.1234,
-                  reference_quality={"seed": 0, "epochs": 10, "test_loss": 105.41})
+    result.update(
+        gemm_gflops={"fp32": {"square": 100.0, "model": 90.04}, "bf16": {"square": 300.55, "model": 120.0}},
+        matmul_gflop_per_epoch=196.8,
+        adam_s_per_epoch=0.1234,
+        reference_quality={"seed": 0, "epochs": 10, "test_loss": 105.41},
+    )
     for p, share, s, loss in (("fp32", 0.01, 1.0, 104.321), ("bf16", 0.3, 0.6, 106.5)):  # s: seconds per epoch
-        result["runs"][p] = {"epochs_s": [s, 1.1 * s, 0.9 * s], "reference_epochs_s": [9.0, 9.5, 8.75], "floor_s": 0.8 * s,
-                             "peak_floor_s": 0.5 * s, "floor_plus_adam_s": 0.95 * s, "epoch_s": s, "reference_epoch_s": 9.0,
-                             "speedup_vs_reference": 9.0 / s, "ratio_to_floor": 1.2 * s, "ratio_to_peak_floor": 2.0 * s,
-                             "ratio_to_fp32_floor": 0.85 * s, "max_others_cpu_share": share,
-                             "quality": {"epochs": 10, "test_loss": loss}}
+        result["runs"][p] = {
+            "epochs_s": [s, 1.1 * s, 0.9 * s],
+            "reference_epochs_s": [9.0, 9.5, 8.75],
+            "floor_s": 0.8 * s,
+            "peak_floor_s": 0.5 * s,
+            "floor_plus_adam_s": 0.95 * s,
+            "epoch_s": s,
+            "reference_epoch_s": 9.0,
+            "speedup_vs_reference": 9.0 / s,
+            "ratio_to_floor": 1.2 * s,
+            "ratio_to_peak_floor": 2.0 * s,
+            "ratio_to_fp32_floor": 0.85 * s,
+            "max_others_cpu_share": share,
+            "quality": {"epochs": 10, "test_loss": loss},
+        }
     return result
 
 
@@ -142,7 +181,7 @@ bf16  (seconds per epoch, median of 3 after 1 warm-up)
   other processes used up to 30% of the CPUs during a timed epoch   WARNING: contended, these times are not the machine's
   test loss after 10 epochs   106.50   target <= 105.0: MISSED   (pytorch/examples: 105.55)
 
-pytorch/examples loop, same seed (0): test loss after 10 epochs 105.41   target <= 105.0: MISSED"""
+pytorch/examples loop, same seed (0): test loss after 10 epochs 105.41   target <= 105.0: MISSED"""  # noqa: E501
 
 
 def test_the_table_of_both_precisions_reads_as_before_line_for_line():

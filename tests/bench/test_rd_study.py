@@ -43,7 +43,9 @@ def test_trials_return_rate_and_distortion_and_are_never_reported(rd):
 def test_parent_run_has_the_pareto_front_and_the_chosen_trial(rd, tmp_path):
     run, rec = rd
     trials = rec.trials
-    front = [t for t, keep in zip(trials, pareto_mask([t.values for t in trials], ["minimize"] * 2)) if keep]
+    front = [
+        t for t, keep in zip(trials, pareto_mask([t.values for t in trials], ["minimize"] * 2), strict=False) if keep
+    ]
     chosen = max(front, key=_elbo)
     tags, metrics = rec.parent.data.tags, rec.parent.data.metrics
     assert tags["pareto_trials"] == ",".join(str(t.number) for t in front)
@@ -61,10 +63,12 @@ def test_parent_run_has_the_pareto_front_and_the_chosen_trial(rd, tmp_path):
 
 def test_the_compared_vae_at_each_size_is_the_highest_elbo_of_its_front(rd):
     run, rec = rd
-    compared = {int(c.data.tags["latent_dim"]): c.info.run_id for c in rec.children if c.data.tags.get("compared") == "true"}
+    compared = {
+        int(c.data.tags["latent_dim"]): c.info.run_id for c in rec.children if c.data.tags.get("compared") == "true"
+    }
     for latent in (2, 4):
         ts = [t for t in rec.trials if t.params["latent_dim"] == latent]
-        front = [t for t, keep in zip(ts, pareto_mask([t.values for t in ts], ["minimize"] * 2)) if keep]
+        front = [t for t, keep in zip(ts, pareto_mask([t.values for t in ts], ["minimize"] * 2), strict=False) if keep]
         assert compared[latent] == max(front, key=_elbo).user_attrs["mlflow_run_id"]
 
 

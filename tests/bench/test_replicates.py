@@ -26,7 +26,8 @@ def test_plan_lists_every_model_latent_size_and_seed_seed_by_seed():
     spec = load_spec("smoke").with_overrides(replicates=2, seed=4)
     got = plan({2: FakeTrial(0, "a"), 4: FakeTrial(3, "b")}, spec)
     assert [r.name for r in got[:6]] == [
-        "vae-latent2-seed5", "ae-latent2-seed5", "pca-latent2-seed5", "vae-latent4-seed5", "ae-latent4-seed5", "pca-latent4-seed5",
+        "vae-latent2-seed5", "ae-latent2-seed5", "pca-latent2-seed5",
+        "vae-latent4-seed5", "ae-latent4-seed5", "pca-latent4-seed5",
     ]  # fmt: skip
     assert len(got) == 12 and {r.seed for r in got[6:]} == {6}
     assert got[3] == Replicate("vae", 4, 5, "b", 3)
@@ -41,7 +42,7 @@ def test_a_replicate_is_trained_exactly_as_seed_everything_build_model_fit(kind,
     ref = build_model(kind, TINY_MODEL)
     ref_history = fit(ref, small_mnist, dataclasses.replace(cfg, seed=7), progress=False)
     assert history == ref_history and len(history) == 1
-    for (name, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
+    for (name, a), b in zip(model.state_dict().items(), ref.state_dict().values(), strict=False):
         assert torch.equal(a, b), name
     other, _ = train_replicate(kind, TINY_MODEL, cfg, 8, small_mnist, torch.device("cpu"))
     assert not torch.equal(next(other.parameters()), next(model.parameters()))
@@ -63,7 +64,9 @@ def test_two_processes_compute_the_replicates_one_process_computes(small_mnist, 
     classifier = FDClassifier(FeatureMLP().eval(), {}, None, from_cache=True)
     spec = load_spec("smoke")
     cfg = TrainConfig(epochs=1, batch_size=100, lr=1e-3, seed=0)
-    jobs = [Replicate(kind, 8, seed, "run-a", 0).job(TINY_MODEL, cfg) for seed in (1, 2) for kind in ("vae", "ae", "pca")]
+    jobs = [
+        Replicate(kind, 8, seed, "run-a", 0).job(TINY_MODEL, cfg) for seed in (1, 2) for kind in ("vae", "ae", "pca")
+    ]
     cpu = torch.device("cpu")
     env = JobEnv(small_mnist, classifier, cpu, spec.baselines.fd_samples, spec.eval.iw_samples, spec.eval.iw_images)
     one = {r.job.key: (r.history, r.scores) for r in compute(jobs, env, 1)}

@@ -27,14 +27,23 @@ def compared(smoke_compared):
 def test_the_table_has_one_full_row_per_model_and_latent_size(compared):
     table = pd.read_csv(compared.cwd / "reports" / "smoke" / "comparison.csv")
     # smoke.toml has 2 replicates: each metric is a mean over them, with its interval's half-width and n
-    assert list(table.columns) == ["model", "latent_dim", "n", *(c for m in SHARED_METRICS for c in (m, m + ".hw95", m + ".n"))]
-    assert sorted(zip(table["model"], table["latent_dim"])) == sorted((m, d) for m in MODELS for d in LATENTS)
+    assert list(table.columns) == [
+        "model",
+        "latent_dim",
+        "n",
+        *(c for m in SHARED_METRICS for c in (m, m + ".hw95", m + ".n")),
+    ]
+    assert sorted(zip(table["model"], table["latent_dim"], strict=False)) == sorted(
+        (m, d) for m in MODELS for d in LATENTS
+    )
     assert not table.isna().any().any()
     assert (table["n"] == 2).all() and all((table[m + ".n"] == 2).all() for m in SHARED_METRICS)
     assert all((table[m + ".hw95"] >= 0).all() for m in SHARED_METRICS)
     for acc in ("test/probe_acc", "test/knn_acc"):
         assert table[acc].between(0.1, 1.0).all()  # better than chance on 10 digits
-    assert (table["test/code_recon_bce"] > 50).all() and (table["test/sample_fd"] > 0).all()  # nats per image, distances
+    assert (table["test/code_recon_bce"] > 50).all() and (
+        table["test/sample_fd"] > 0
+    ).all()  # nats per image, distances
 
 
 def test_run_prints_the_table_without_progress_bars(compared):
@@ -47,7 +56,9 @@ def test_run_prints_the_table_without_progress_bars(compared):
     assert "mean ± 95% t-interval half-width over n seed replicates" in out
     assert "verdicts (Welch t-test of the best mean against each other model, Holm-adjusted across the table" in out
     # the trials' time and the baselines' and report's time are told apart
-    assert re.search(r"study smoke: 3/3 trials finished \(3 run by this process in \d+ s, then \d+ s to finish the study\)", out)
+    assert re.search(
+        r"study smoke: 3/3 trials finished \(3 run by this process in \d+ s, then \d+ s to finish the study\)", out
+    )
 
 
 def test_every_compared_run_has_every_metric_and_its_tags(compared):
@@ -106,11 +117,16 @@ def test_replicates_are_nested_finished_runs_tagged_with_seed_and_the_configurat
 
     client, reps = replicate_runs_of(compared)
     rec = compared.record()
-    compared_vae = {int(r.data.tags["latent_dim"]): r for r in client.search_runs(
-        [rec.parent.info.experiment_id], "tags.compared = 'true' and tags.model = 'vae'")}
+    compared_vae = {
+        int(r.data.tags["latent_dim"]): r
+        for r in client.search_runs([rec.parent.info.experiment_id], "tags.compared = 'true' and tags.model = 'vae'")
+    }
     trial_of_run = {t.user_attrs.get("mlflow_run_id"): t.number for t in rec.trials}
-    assert sorted((r.data.tags["model"], int(r.data.tags["latent_dim"]), int(r.data.tags["seed"])) for r in reps) == sorted(
-        (m, d, s) for m in MODELS for d in LATENTS for s in (1, 2))  # seeds train.seed + 1, + 2: never the search's 0
+    assert sorted(
+        (r.data.tags["model"], int(r.data.tags["latent_dim"]), int(r.data.tags["seed"])) for r in reps
+    ) == sorted(
+        (m, d, s) for m in MODELS for d in LATENTS for s in (1, 2)
+    )  # seeds train.seed + 1, + 2: never the search's 0
     for r in reps:
         tags, latent = r.data.tags, int(r.data.tags["latent_dim"])
         assert r.info.status == "FINISHED"
@@ -128,8 +144,11 @@ def test_replicates_are_nested_finished_runs_tagged_with_seed_and_the_configurat
             assert 0 < r.data.metrics["test/nll_iw_se"] < 10
             assert [m.step for m in client.get_metric_history(r.info.run_id, "val/elbo")] == [1, 2]
     # another seed is another model: the replicates of one configuration differ
-    vae2 = {r.data.tags["seed"]: r.data.metrics["test/elbo"] for r in reps if r.data.tags["model"] == "vae"
-            and r.data.tags["latent_dim"] == "2"}
+    vae2 = {
+        r.data.tags["seed"]: r.data.metrics["test/elbo"]
+        for r in reps
+        if r.data.tags["model"] == "vae" and r.data.tags["latent_dim"] == "2"
+    }
     assert vae2["1"] != vae2["2"]
 
 
@@ -167,7 +186,8 @@ def test_more_replicates_train_only_the_new_seed(compared):
     new = [r for r in after if r.info.run_id not in old]
     assert old <= {r.info.run_id for r in after}
     assert sorted((r.data.tags["model"], r.data.tags["latent_dim"], r.data.tags["seed"]) for r in new) == sorted(
-        (m, str(d), "3") for m in MODELS for d in LATENTS)
+        (m, str(d), "3") for m in MODELS for d in LATENTS
+    )
     assert count() == n_runs + len(MODELS) * len(LATENTS)
     table = pd.read_csv(compared.cwd / "reports" / "smoke" / "comparison.csv")
     assert (table["n"] == 3).all()
@@ -189,8 +209,15 @@ def replicates(cells: dict[tuple[str, int], dict[str, list[float]]]) -> pd.DataF
     for (model, latent), metrics in cells.items():
         n = len(next(iter(metrics.values())))
         for i in range(n):
-            rows.append({"run_id": f"{model}{latent}-{i}", "model": model, "latent_dim": latent, "seed": i + 1,
-                         **{m: v[i] for m, v in metrics.items()}})
+            rows.append(
+                {
+                    "run_id": f"{model}{latent}-{i}",
+                    "model": model,
+                    "latent_dim": latent,
+                    "seed": i + 1,
+                    **{m: v[i] for m, v in metrics.items()},
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -216,11 +243,13 @@ def test_cells_are_mean_and_t_interval_half_width_with_n():
 
 
 def test_overlapping_replicates_are_a_tie_and_separated_ones_name_the_winner():
-    reps = replicates({
-        ("vae", 8): {PROBE: [0.950, 0.951, 0.952], RECON: [80.0, 81.0, 82.0]},
-        ("ae", 8): {PROBE: [0.900, 0.901, 0.902], RECON: [80.5, 81.5, 82.5]},
-        ("pca", 8): {PROBE: [0.800, 0.801, 0.799], RECON: [99.0, 99.5, 100.0]},
-    })
+    reps = replicates(
+        {
+            ("vae", 8): {PROBE: [0.950, 0.951, 0.952], RECON: [80.0, 81.0, 82.0]},
+            ("ae", 8): {PROBE: [0.900, 0.901, 0.902], RECON: [80.5, 81.5, 82.5]},
+            ("pca", 8): {PROBE: [0.800, 0.801, 0.799], RECON: [99.0, 99.5, 100.0]},
+        }
+    )
     rep = replicate_report(reps, compared_of(reps))
     assert verdict(rep, 8, PROBE) == "vae"  # far apart: p ~ 1e-6 survives Holm's factor of 4
     assert verdict(rep, 8, RECON) == "tie: vae, ae"  # vae's mean is lower, but within the seed noise of ae's
@@ -233,17 +262,21 @@ def test_overlapping_replicates_are_a_tie_and_separated_ones_name_the_winner():
 def test_holm_turns_a_lone_significant_difference_into_a_tie_among_many_tests():
     better, worse = [0.93, 0.945, 0.948], [0.90, 0.91, 0.92]  # Welch p = 0.018
     assert 0.05 / 4 < welch_p(better, worse) < 0.05
-    alone = replicate_report(*(lambda r: (r, compared_of(r)))(replicates({("vae", 8): {PROBE: better}, ("ae", 8): {PROBE: worse}})))
+    alone = replicate_report(
+        *(lambda r: (r, compared_of(r)))(replicates({("vae", 8): {PROBE: better}, ("ae", 8): {PROBE: worse}}))
+    )
     assert verdict(alone, 8, PROBE) == "vae"
     # the same two cells in a table of 6 tests: two clear-cut (p ~ 1e-6), three ties (p > 0.5) and this one.
     # Holm multiplies the third-smallest p by 6 - 2 = 4: 0.072, no longer significant
-    reps = replicates({
-        ("vae", 8): {PROBE: better, RECON: [80.0, 81.0, 82.0]},
-        ("ae", 8): {PROBE: worse, RECON: [80.5, 81.5, 82.5]},
-        ("vae", 16): {PROBE: [0.95, 0.951, 0.952], RECON: [70.0, 71.0, 72.0]},
-        ("ae", 16): {PROBE: [0.80, 0.801, 0.802], RECON: [70.2, 71.2, 72.2]},
-        ("pca", 16): {PROBE: [0.70, 0.701, 0.702], RECON: [70.1, 71.3, 72.0]},
-    })
+    reps = replicates(
+        {
+            ("vae", 8): {PROBE: better, RECON: [80.0, 81.0, 82.0]},
+            ("ae", 8): {PROBE: worse, RECON: [80.5, 81.5, 82.5]},
+            ("vae", 16): {PROBE: [0.95, 0.951, 0.952], RECON: [70.0, 71.0, 72.0]},
+            ("ae", 16): {PROBE: [0.80, 0.801, 0.802], RECON: [70.2, 71.2, 72.2]},
+            ("pca", 16): {PROBE: [0.70, 0.701, 0.702], RECON: [70.1, 71.3, 72.0]},
+        }
+    )
     crowded = replicate_report(reps, compared_of(reps))
     p = crowded.verdicts.set_index(["latent_dim", "metric", "other"])
     assert len(p) == 6
@@ -255,15 +288,28 @@ def test_holm_turns_a_lone_significant_difference_into_a_tie_among_many_tests():
 
 def runs_frame(rows: list[dict]) -> pd.DataFrame:
     """mlflow.search_runs output for compared runs (tags compared=true), one dict per run."""
-    return pd.DataFrame([{"run_id": f"run{i}", "status": "FINISHED", "tags.compared": "true",
-                          "tags.model": r["model"], "tags.latent_dim": str(r["latent_dim"]),
-                          **{f"metrics.{k}": v for k, v in r.items() if k.startswith("test/")}}
-                         for i, r in enumerate(rows)])
+    return pd.DataFrame(
+        [
+            {
+                "run_id": f"run{i}",
+                "status": "FINISHED",
+                "tags.compared": "true",
+                "tags.model": r["model"],
+                "tags.latent_dim": str(r["latent_dim"]),
+                **{f"metrics.{k}": v for k, v in r.items() if k.startswith("test/")},
+            }
+            for i, r in enumerate(rows)
+        ]
+    )
 
 
 def test_without_replicates_the_table_is_as_before_and_verdicts_say_n_a(tmp_path):
-    runs = runs_frame([{"model": "vae", "latent_dim": 4, PROBE: 0.9, RECON: 80.0},
-                       {"model": "pca", "latent_dim": 4, PROBE: 0.8, RECON: 90.0}])
+    runs = runs_frame(
+        [
+            {"model": "vae", "latent_dim": 4, PROBE: 0.9, RECON: 80.0},
+            {"model": "pca", "latent_dim": 4, PROBE: 0.8, RECON: 90.0},
+        ]
+    )
     rep = build_report(runs)
     assert not rep.has_replicates
     assert list(rep.table.columns) == ["model", "latent_dim", RECON, PROBE]

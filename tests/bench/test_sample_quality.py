@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from bench.sample_quality import coverage, kid, knn_radii, mmd2_unbiased, polynomial_kernel, precision_recall, sample_quality
+from bench.sample_quality import (
+    coverage,
+    kid,
+    knn_radii,
+    mmd2_unbiased,
+    polynomial_kernel,
+    precision_recall,
+    sample_quality,
+)
 
 
 def test_cubic_kernel_by_hand():

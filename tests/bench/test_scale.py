@@ -10,7 +10,6 @@ import math
 import os
 import subprocess
 import tomllib
-from pathlib import Path
 
 import pytest
 
@@ -26,16 +25,26 @@ def test_scale_runs_a_copy_of_the_study_under_a_fresh_name(tmp_path, study):
     first, second = study_copy(study, tmp_path), study_copy(study, tmp_path)
     original, copy = load_spec(study), load_spec(str(first))
     assert copy.name == first.stem != second.stem
-    assert dataclasses.replace(copy, name=original.name, path=None, text="") == dataclasses.replace(original, path=None, text="")
+    assert dataclasses.replace(copy, name=original.name, path=None, text="") == dataclasses.replace(
+        original, path=None, text=""
+    )
 
 
 def test_the_toml_writer_round_trips_what_tomllib_reads():
     doc = {
         "top": 1,
-        "study": {"name": 'a "quoted"\\ name\twith\ncontrol \x7f and ünï 😀', "n_trials": -3, "ok": True, "no": False,
-                  "sampler": {"type": "tpe", "seed": 0}, "pruner": {}},
-        "search": {"latent_dim": {"type": "categorical", "choices": [2, 4]},
-                   "beta": {"type": "float", "low": 1e-05, "high": 2.5e16, "log": True}},
+        "study": {
+            "name": 'a "quoted"\\ name\twith\ncontrol \x7f and ünï 😀',
+            "n_trials": -3,
+            "ok": True,
+            "no": False,
+            "sampler": {"type": "tpe", "seed": 0},
+            "pruner": {},
+        },
+        "search": {
+            "latent_dim": {"type": "categorical", "choices": [2, 4]},
+            "beta": {"type": "float", "low": 1e-05, "high": 2.5e16, "log": True},
+        },
         "odd keys": {"a.b": [1.5, float("inf"), float("-inf")], "": "empty", "mixed": [{"x": 1}, [True, "s"]]},
         "empty": {},
     }
@@ -57,11 +66,14 @@ def test_the_recovery_run_starts_its_second_worker_as_run_does_with_its_own_log(
     assert worker_env()["PYTHONPATH"].split(os.pathsep)[0] == str(REPO)  # the workers import this checkout
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--workers", "0"], "--workers must be counts between 1 and 64"),
-    (["--storage-url", "postgresql://postgres@127.0.0.1:5432/optuna"], "without a database"),
-    (["--n-trials", "0"], "--n-trials must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--workers", "0"], "--workers must be counts between 1 and 64"),
+        (["--storage-url", "postgresql://postgres@127.0.0.1:5432/optuna"], "without a database"),
+        (["--n-trials", "0"], "--n-trials must be at least 1"),
+    ],
+)
 def test_scale_refuses_bad_flags_with_one_line(argv, message, capsys):
     from bench.perf.scale import main
 

@@ -12,13 +12,11 @@ import scipy.linalg
 import torch
 
 from bench.baselines import PCAModel, training_images
-from bench.models import fit_model as train_baseline
 from bench.fd_classifier import cache_path, frechet_distance, frechet_from_stats, load_classifier
+from bench.models import fit_model as train_baseline
 from bench.scores import FD_SAMPLES, SCORE_NAMES, probe_accuracies, reconstruction_errors, score_model
-from vae.data import DataConfig, load_data
 from vae.model import ModelConfig, build_model
 from vae.train import TrainConfig, fit, seed_everything
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -12,9 +12,18 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from bench.errors import BenchError
-from bench.spec import SCHEMA_PATH, STUDIES_DIR, SearchParam, StudySpec, available_studies, load_spec, main, parse_spec, schema_text
+from bench.spec import (
+    SCHEMA_PATH,
+    STUDIES_DIR,
+    SearchParam,
+    StudySpec,
+    available_studies,
+    load_spec,
+    main,
+    parse_spec,
+    schema_text,
+)
 from vae.data import DataConfig
-
 
 SMOKE = (STUDIES_DIR / "smoke.toml").read_text()
 
@@ -112,7 +121,9 @@ def test_replicates_flag_0_turns_the_study_files_replicates_off_and_a_negative_c
 def test_a_paper_protocol_on_a_cut_test_set_is_refused(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text(SMOKE.replace("[eval]\n", "[eval]\npaper_protocol = true\n"))
-    with pytest.raises(BenchError, match=rf"^{path}: eval.paper_protocol scores the full 10,000-image test set; remove data.test_limit"):
+    with pytest.raises(
+        BenchError, match=rf"^{path}: eval.paper_protocol scores the full 10,000-image test set; remove data.test_limit"
+    ):
         load_spec(str(path))
 
 
@@ -146,7 +157,9 @@ def test_study_name_defaults_to_the_file_name(tmp_path):
 def test_missing_file_and_unknown_name_are_bench_errors(tmp_path):
     with pytest.raises(BenchError, match="does not exist"):
         load_spec(str(tmp_path / "absent.toml"))
-    with pytest.raises(BenchError, match=r"unknown study 'nope'; available: burda, ci, fashion, latent, rd, seed, smoke"):
+    with pytest.raises(
+        BenchError, match=r"unknown study 'nope'; available: burda, ci, fashion, latent, rd, seed, smoke"
+    ):
         load_spec("nope")
 
 
@@ -210,7 +223,9 @@ def test_grid_sampler_study_needs_finite_grids():
 def test_direction_must_match_the_metric(metric, direction, fix):
     raw = smoke_raw()
     raw["study"].update(metric=metric, direction=direction)
-    with pytest.raises(ValueError, match=f"study.direction: {metric} improves when it goes the other way; use direction = {fix}"):
+    with pytest.raises(
+        ValueError, match=f"study.direction: {metric} improves when it goes the other way; use direction = {fix}"
+    ):
         parse_spec(raw, "x")
 
 
@@ -231,14 +246,23 @@ def test_two_metrics_make_a_multi_objective_study_with_declared_directions():
 @pytest.mark.parametrize(
     "study, message",
     [
-        ({"metric": ["val/kl", "val/recon_bce"], "direction": "minimize"}, r"2 metric\(s\) need 2 direction\(s\), got 'minimize'"),
+        (
+            {"metric": ["val/kl", "val/recon_bce"], "direction": "minimize"},
+            r"2 metric\(s\) need 2 direction\(s\), got 'minimize'",
+        ),
         ({"metric": ["val/kl", "val/recon_bce"], "direction": ["minimize"]}, r"2 metric\(s\) need 2 direction\(s\)"),
-        ({"metric": ["val/kl", "val/recon_bce"], "direction": ["minimize", "maximize"]}, r"val/recon_bce improves when it goes the other way"),
+        (
+            {"metric": ["val/kl", "val/recon_bce"], "direction": ["minimize", "maximize"]},
+            r"val/recon_bce improves when it goes the other way",
+        ),
         ({"metric": "val/kl", "direction": ["minimize"]}, r"1 metric\(s\) need 1 direction\(s\)"),
         ({"metric": ["val/kl", "val/kl"]}, r"at least two different metrics"),
         ({"metric": ["val/kl", "train/recon_bce"]}, r"the objectives must come from one split"),
         ({"metric": ["val/kl", "test/kl"]}, r"study.metric must be one of"),
-        ({"metric": ["val/kl", "val/recon_bce"], "pruner": {"type": "median"}}, r"Optuna cannot prune a multi-objective study"),
+        (
+            {"metric": ["val/kl", "val/recon_bce"], "pruner": {"type": "median"}},
+            r"Optuna cannot prune a multi-objective study",
+        ),
     ],
 )
 def test_inconsistent_objectives_are_refused(study, message):
@@ -254,7 +278,9 @@ def test_ood_dataset_must_be_another_known_dataset():
         parse_spec({"eval": {"ood_dataset": "cifar10"}}, "x")
 
 
-@pytest.mark.parametrize("name, objectives, ood", [("rd", ("val/kl", "val/recon_bce"), "fashion-mnist"), ("fashion", ("val/elbo",), "mnist")])
+@pytest.mark.parametrize(
+    "name, objectives, ood", [("rd", ("val/kl", "val/recon_bce"), "fashion-mnist"), ("fashion", ("val/elbo",), "mnist")]
+)
 def test_frontier_and_ood_studies_load(name, objectives, ood):
     spec = load_spec(name)
     assert spec.objectives == objectives and spec.eval.ood_dataset == ood
@@ -284,9 +310,15 @@ def test_defaults_apply_to_a_minimal_file():
         ({"search": {"beta": {"low": 1.0, "high": 2.0}}}, r"\[search.beta\] needs a 'type'"),
         ({"search": {"beta": {"type": "float", "low": 0.0, "high": 2.0, "log": True}}}, r"log = true needs low > 0"),
         ({"search": {"latent_dim": {"type": "categorical", "choices": []}}}, r"non-empty 'choices'"),
-        ({"search": {"latent_dim": {"type": "categorical", "choices": [2, 0]}}}, r"latent_dim must be an integer in \[1, 4096\], got 0"),
+        (
+            {"search": {"latent_dim": {"type": "categorical", "choices": [2, 0]}}},
+            r"latent_dim must be an integer in \[1, 4096\], got 0",
+        ),
         ({"study": {"sampler": {"type": "cmaes"}}}, r"sampler.type must be one of tpe, random, grid, gp"),
-        ({"study": {"pruner": {"type": "median", "n_warmup_steps": -1}}}, r"pruner.n_warmup_steps must be a non-negative integer"),
+        (
+            {"study": {"pruner": {"type": "median", "n_warmup_steps": -1}}},
+            r"pruner.n_warmup_steps must be a non-negative integer",
+        ),
         ({"study": {"n_trials": 1.5}}, r"study.n_trials must be an integer"),
         ({"study": {"metric": "test/elbo"}}, r"study.metric must be one of"),
         ({"baselines": {"models": ["ae", "ae"]}}, r"lists a model twice"),
@@ -297,11 +329,21 @@ def test_defaults_apply_to_a_minimal_file():
         ({"train": {"lr": 0}}, r"\[train\] lr must be a number in \(0, 10\]"),
         ({"data": {"binarize": "static"}}, r"\[data\] binarize must be 'none' or 'dynamic'"),
         ({"model": []}, r"\[model\] must be a table"),
-        ({"search": {"beta": {"type": "float", "low": 1.0, "high": 2.0, "cover": True}}}, r"cover = true needs type = 'categorical'"),
-        ({"search": {"latent_dim": {"type": "categorical", "choices": [2], "cover": 1}}}, r"cover must be true or false"),
         (
-            {"search": {"latent_dim": {"type": "categorical", "choices": [2, 4], "cover": True},
-                        "hidden_width": {"type": "categorical", "choices": [32, 64], "cover": True}}},
+            {"search": {"beta": {"type": "float", "low": 1.0, "high": 2.0, "cover": True}}},
+            r"cover = true needs type = 'categorical'",
+        ),
+        (
+            {"search": {"latent_dim": {"type": "categorical", "choices": [2], "cover": 1}}},
+            r"cover must be true or false",
+        ),
+        (
+            {
+                "search": {
+                    "latent_dim": {"type": "categorical", "choices": [2, 4], "cover": True},
+                    "hidden_width": {"type": "categorical", "choices": [32, 64], "cover": True},
+                }
+            },
             r"at most one searched parameter may be covered",
         ),
     ],

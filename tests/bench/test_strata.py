@@ -27,9 +27,14 @@ SEARCH = {
 
 
 def spec_of(tps: int = 3, pruner: dict | None = None, **study):
-    raw = {"study": {"trials_per_stratum": tps, **study, "pruner": pruner or {"type": "median", "n_warmup_steps": 0,
-                                                                              "n_startup_trials": 1}},
-           "search": SEARCH}
+    raw = {
+        "study": {
+            "trials_per_stratum": tps,
+            **study,
+            "pruner": pruner or {"type": "median", "n_warmup_steps": 0, "n_startup_trials": 1},
+        },
+        "search": SEARCH,
+    }
     return parse_spec(raw, default_name="s")
 
 
@@ -44,14 +49,38 @@ def test_latent_study_tunes_every_size_with_the_same_budget():
     assert spec.coverage_trials == []
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"study": {}, "search": SEARCH}, "strata = true needs study.trials_per_stratum"),
-    ({"study": {"trials_per_stratum": 2}, "search": {"hidden_width": SEARCH["hidden_width"]}}, "needs a categorical search parameter with strata = true"),
-    ({"study": {"trials_per_stratum": 2, "n_trials": 6}, "search": SEARCH}, "gives n_trials and trials_per_stratum"),
-    ({"study": {"trials_per_stratum": 2}, "search": {**SEARCH, "hidden_width": {**SEARCH["hidden_width"], "strata": True}}}, "strata = true needs type = 'categorical'"),
-    ({"study": {"trials_per_stratum": 2}, "search": {**SEARCH, "latent_dim": {**SEARCH["latent_dim"], "cover": True}}}, "drop cover"),
-    ({"study": {"trials_per_stratum": 2, "pruner": {"type": "hyperband"}}, "search": SEARCH}, "use the median pruner or none"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"study": {}, "search": SEARCH}, "strata = true needs study.trials_per_stratum"),
+        (
+            {"study": {"trials_per_stratum": 2}, "search": {"hidden_width": SEARCH["hidden_width"]}},
+            "needs a categorical search parameter with strata = true",
+        ),
+        (
+            {"study": {"trials_per_stratum": 2, "n_trials": 6}, "search": SEARCH},
+            "gives n_trials and trials_per_stratum",
+        ),
+        (
+            {
+                "study": {"trials_per_stratum": 2},
+                "search": {**SEARCH, "hidden_width": {**SEARCH["hidden_width"], "strata": True}},
+            },
+            "strata = true needs type = 'categorical'",
+        ),
+        (
+            {
+                "study": {"trials_per_stratum": 2},
+                "search": {**SEARCH, "latent_dim": {**SEARCH["latent_dim"], "cover": True}},
+            },
+            "drop cover",
+        ),
+        (
+            {"study": {"trials_per_stratum": 2, "pruner": {"type": "hyperband"}}, "search": SEARCH},
+            "use the median pruner or none",
+        ),
+    ],
+)
 def test_inconsistent_strata_are_refused(raw, message):
     with pytest.raises(ValueError, match=message):
         parse_spec(raw, default_name="s")
@@ -111,8 +140,10 @@ def test_a_strata_proposals_depend_only_on_its_own_trials_not_on_the_others_or_t
         assert pa == pb  # the same proposals in the same order, whichever way the strata interleaved
     # the next proposal of stratum 2 is the same in both, and differs from stratum 8's
     assert propose(spec, a, 2, 2) == propose(spec, b, 2, 2)
-    assert propose(spec, a, 2, 2)["hidden_width"] != propose(spec, a, 8, 2)["hidden_width"] or \
-        propose(spec, a, 2, 2)["beta"] != propose(spec, a, 8, 2)["beta"]
+    assert (
+        propose(spec, a, 2, 2)["hidden_width"] != propose(spec, a, 8, 2)["hidden_width"]
+        or propose(spec, a, 2, 2)["beta"] != propose(spec, a, 8, 2)["beta"]
+    )
 
 
 def test_seeds_differ_per_stratum_and_index():
@@ -230,11 +261,34 @@ def test_two_processes_sharing_postgres_log_the_same_trials_as_one_worker(tmp_pa
         url = db_url(name)
         shared = tmp_path / "pg"
         shared.mkdir()
-        args = [sys.executable, "-m", "bench.run", "--study", str(TEST_STUDIES / "strata.toml"), "--storage", url,
-                "--tracking-uri", f"sqlite:///{shared / 'mlflow.db'}", "--workers", "1", "--threads", "1",
-                "--no-baselines", "--no-progress"]
-        procs = [subprocess.Popen([*args, "--worker-index", str(i)], cwd=shared, env=cli_env(), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+        args = [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--study",
+            str(TEST_STUDIES / "strata.toml"),
+            "--storage",
+            url,
+            "--tracking-uri",
+            f"sqlite:///{shared / 'mlflow.db'}",
+            "--workers",
+            "1",
+            "--threads",
+            "1",
+            "--no-baselines",
+            "--no-progress",
+        ]
+        procs = [
+            subprocess.Popen(
+                [*args, "--worker-index", str(i)],
+                cwd=shared,
+                env=cli_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(2)
+        ]
         for p in procs:
             out, err = p.communicate(timeout=900)
             assert p.returncode == 0, err[-3000:]

@@ -49,8 +49,6 @@ def test_the_cli_refuses_a_path_like_name_with_one_line_and_writes_nothing(tmp_p
     study = _study(tmp_path, "../../x")
     proc = run_cli(["--study", str(study), "--no-progress", "--workers", "1"], tmp_path, timeout=180)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        f"error: {study}: study.name must be {STUDY_NAME_RULE}, got '../../x'"
-    ]
+    assert proc.stderr.strip().splitlines() == [f"error: {study}: study.name must be {STUDY_NAME_RULE}, got '../../x'"]
     assert [p.name for p in tmp_path.iterdir()] == ["study.toml"]
     assert not (tmp_path.parent.parent / "x").exists()

@@ -57,7 +57,9 @@ def test_params_are_the_trials_params_and_the_study_files_settings(smoke):
         assert {k: params[k] for k in ("epochs", "batch_size", "lr", "seed", "hidden_layers", "activation")} == {
             "epochs": "2", "batch_size": "128", "lr": "0.001", "seed": "0", "hidden_layers": "1", "activation": "relu",
         }  # fmt: skip
-        assert {k: params[k] for k in ("data.dataset", "data.binarize", "data.val_size", "data.limit", "data.test_limit")} == {
+        assert {
+            k: params[k] for k in ("data.dataset", "data.binarize", "data.val_size", "data.limit", "data.test_limit")
+        } == {
             "data.dataset": "mnist", "data.binarize": "dynamic", "data.val_size": "500", "data.limit": "2000",
             "data.test_limit": "1000",
         }  # fmt: skip
@@ -65,7 +67,9 @@ def test_params_are_the_trials_params_and_the_study_files_settings(smoke):
 
 
 def test_trial_runs_are_tagged_for_search_and_reproduction(smoke, smoke_data):
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
     rec = smoke.record
     for trial in rec.trials:
         tags = rec.child(trial.number).data.tags
@@ -98,7 +102,9 @@ def test_epoch_metrics_have_one_point_per_epoch_and_match_optuna(smoke):
         # the pruner saw exactly what MLflow holds
         assert [p.value for p in hist["val/elbo"]] == pytest.approx([trial.intermediate_values[e] for e in epochs])
         for split in ("train", "val"):
-            for e, elbo, recon, kl in zip(epochs, hist[f"{split}/elbo"], hist[f"{split}/recon_bce"], hist[f"{split}/kl"]):
+            for e, elbo, recon, kl in zip(
+                epochs, hist[f"{split}/elbo"], hist[f"{split}/recon_bce"], hist[f"{split}/kl"], strict=False
+            ):
                 assert elbo.value < 0 and recon.value > 0 and kl.value >= 0, (trial.number, split, e)
                 assert elbo.value == pytest.approx(-(recon.value + kl.value), rel=1e-5)
         if trial.state == TrialState.COMPLETE:
@@ -133,13 +139,18 @@ def test_images_are_pngs_of_the_expected_size(smoke, tmp_path):
     client = smoke.run.client()
     for trial, run in complete(smoke.record):
         # keyed images at every epoch and before training (step 0), for the UI's image grid
-        assert logged_images(client, run.info.run_id) == {(k, s) for k in ("samples", "reconstructions") for s in (0, 1, 2)}
+        assert logged_images(client, run.info.run_id) == {
+            (k, s) for k in ("samples", "reconstructions") for s in (0, 1, 2)
+        }
         files = smoke.run.download(run.info.run_id, tmp_path / str(trial.number), "grids")
         names = sorted(p.name for p in files.iterdir())
         latent_pics = ["latent_manifold.png", "latent_scatter.png"] if trial.params["latent_dim"] == 2 else []
         assert names == sorted(["reconstructions.png", "samples.png", *latent_pics])
         assert png_size(files / "samples.png") == (8 * 30 + 2, 8 * 30 + 2)  # 64 samples, 28 px + 2 px padding
-        assert png_size(files / "reconstructions.png") == (16 * 30 + 2, 2 * 30 + 2)  # 16 originals over 16 reconstructions
+        assert png_size(files / "reconstructions.png") == (
+            16 * 30 + 2,
+            2 * 30 + 2,
+        )  # 16 originals over 16 reconstructions
     for trial in smoke.record.trials:
         if trial.state == TrialState.PRUNED:
             run_id = trial.user_attrs["mlflow_run_id"]
@@ -181,7 +192,7 @@ def test_logged_model_loads_back_with_no_pickle_and_is_the_evaluated_one(smoke, 
     ckpt = smoke.run.download(run_id, tmp_path, "checkpoint/model.pt")
     twin, train_cfg = load_checkpoint(ckpt)
     assert train_cfg.epochs == 2 and train_cfg.lr == 1e-3
-    for (name, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items()):
+    for (name, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items(), strict=False):
         assert torch.equal(a, b), name
 
     # and it is the model whose test ELBO was logged (same images, same z seed)
@@ -206,7 +217,7 @@ def test_parent_run_holds_the_study_file_its_settings_and_the_trials_table(smoke
         rows = list(csv.DictReader(f))
     assert [int(r["number"]) for r in rows] == [t.number for t in smoke.record.trials]
     assert [r["state"] for r in rows] == [t.state.name for t in smoke.record.trials]
-    for r, t in zip(rows, smoke.record.trials):
+    for r, t in zip(rows, smoke.record.trials, strict=False):
         assert float(r["params_beta"]) == pytest.approx(t.params["beta"])
     w, h = png_size(files / "optuna" / "optimization_history.png")
     assert w >= 400 and h >= 300
@@ -249,7 +260,9 @@ def tracker(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def parent_id(tracker):
-    return tracker.create_parent_run("unit", {"n_trials": 2, "sampler_seed": None}, {"optuna_study_uid": "u1"}, {"study/unit.toml": "x = 1\n"})
+    return tracker.create_parent_run(
+        "unit", {"n_trials": 2, "sampler_seed": None}, {"optuna_study_uid": "u1"}, {"study/unit.toml": "x = 1\n"}
+    )
 
 
 def test_parent_run_is_created_once_and_found_by_study_uid(tracker, parent_id, tmp_path):
@@ -273,7 +286,10 @@ def test_child_run_finishes_with_params_and_parent(tracker, parent_id):
     assert r.info.status == "FINISHED"
     assert r.data.params == {"beta": "0.5", "limit": "None"}
     assert r.data.tags["mlflow.parentRunId"] == parent_id and r.data.tags["trial_number"] == "7"
-    assert [(m.step, m.value) for m in tracker.client.get_metric_history(run.run_id, "val/elbo")] == [(1, -100.0), (2, -90.0)]
+    assert [(m.step, m.value) for m in tracker.client.get_metric_history(run.run_id, "val/elbo")] == [
+        (1, -100.0),
+        (2, -90.0),
+    ]
     assert mlflow.active_run() is None
 
 
@@ -289,10 +305,9 @@ def test_child_run_finishes_with_params_and_parent(tracker, parent_id):
 def test_child_run_is_never_left_running(tracker, parent_id, exc, outcome, status, reason):
     import mlflow
 
-    with pytest.raises(type(exc)):
-        with tracker.child_run(parent_id, "bad", {}, {}) as run:
-            run.outcome = outcome
-            raise exc
+    with pytest.raises(type(exc)), tracker.child_run(parent_id, "bad", {}, {}) as run:
+        run.outcome = outcome
+        raise exc
     r = tracker.client.get_run(run.run_id)
     assert r.info.status == status
     assert r.data.tags["fail_reason"] == reason

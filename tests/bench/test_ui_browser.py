@@ -10,6 +10,7 @@ selectors, never on network idle.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import subprocess
@@ -52,8 +53,10 @@ class UI:
 
     def runs_view(self, search_filter: str, chart: bool = False) -> str:
         mode = "&compareRunsMode=CHART" if chart else ""
-        return (f"{self.base}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
-                f"&searchFilter={quote(search_filter, safe='')}{mode}")
+        return (
+            f"{self.base}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+            f"&searchFilter={quote(search_filter, safe='')}{mode}"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,9 @@ def ui(smoke_compared, tmp_path_factory):
             except OSError:
                 pass
             assert proc.poll() is None, f"mlflow server exited {proc.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"mlflow server not up after {SERVER_START_S} s:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, (
+                f"mlflow server not up after {SERVER_START_S} s:\n{log.read_text()[-3000:]}"
+            )
             time.sleep(1)
         client = smoke_compared.client()
         exp = client.get_experiment_by_name("smoke")
@@ -131,10 +136,8 @@ def open_view(page, url: str, ready) -> None:
     for name in ("Got it", "Close"):
         buttons = page.get_by_role("button", name=name, exact=True)
         for i in range(buttons.count()):
-            try:
+            with contextlib.suppress(Exception):  # gone already, or not clickable: nothing to dismiss
                 buttons.nth(i).click(timeout=3000)
-            except Exception:  # noqa: BLE001 - gone already, or not clickable: nothing to dismiss
-                pass
 
 
 def run_link(page, run) -> object:
@@ -159,7 +162,8 @@ def add_chart(page, kind: str):
 def pick(page, dialog, field: str, values: list[str]) -> None:
     """Select `values` in the dialog's multi-select labelled `field` (typing filters the options)."""
     box = dialog.locator('[data-testid="experiment-view-compare-runs-config-field"]').filter(
-        has=page.get_by_role("heading", name=field, exact=True))
+        has=page.get_by_role("heading", name=field, exact=True)
+    )
     for v in values:
         box.locator(".du-bois-light-select-selector").click()
         page.keyboard.type(v)
@@ -178,8 +182,11 @@ def test_runs_table_shows_the_parent_with_its_nested_runs(ui, page):
     # test_report's slow test, which shares this store, may have added a third)
     assert roles.count("trial") == 3 and roles.count("baseline") == 4
     assert roles.count("replicate") in (12, 18) and len(children) == 7 + roles.count("replicate")
-    open_view(page, f"{ui.base}/#/experiments/{ui.experiment_id}/runs?workflowType=machine_learning",
-              run_link(page, ui.parent))
+    open_view(
+        page,
+        f"{ui.base}/#/experiments/{ui.experiment_id}/runs?workflowType=machine_learning",
+        run_link(page, ui.parent),
+    )
     assert page.get_by_text(f"{len(children) + 1} matching runs").is_visible()
     expand(page, ui.parent)
     for r in children:  # each nested run's row, under its name (a pruned trial says so)
@@ -207,16 +214,23 @@ def test_printed_link_opens_the_trials_and_their_parallel_coordinates(ui, page):
     titles = texts(".parcoords .dimension text.label")
     assert titles == ["latent_dim", "hidden_width", "beta", "val/elbo"], titles
     # the axes span the trials' values: latent_dim from 2 to 4, val/elbo around the trials' values
-    latent_ticks = [float(t) for t in dialog.locator(".parcoords .axis").first.locator(".tick text").evaluate_all(
-        "els => els.map(e => e.textContent.replace('\u2212', '-'))")]
+    latent_ticks = [
+        float(t)
+        for t in dialog.locator(".parcoords .axis")
+        .first.locator(".tick text")
+        .evaluate_all("els => els.map(e => e.textContent.replace('\u2212', '-'))")
+    ]
     assert min(latent_ticks) == 2 and max(latent_ticks) == 4, latent_ticks
     shot(page, "parallel-coordinates")
 
 
 def test_image_grid_shows_samples_of_vae_ae_and_pca_at_one_step(ui, page):
     page.set_viewport_size({"width": 1600, "height": 2200})  # the dialog's preview then holds the three runs
-    runs = [ui.run("trial-001" if ui.run("trial-001").data.tags[T.LATENT_DIM] == "4" else "trial-000"),
-            ui.run("ae-latent4"), ui.run("pca-latent4")]
+    runs = [
+        ui.run("trial-001" if ui.run("trial-001").data.tags[T.LATENT_DIM] == "4" else "trial-000"),
+        ui.run("ae-latent4"),
+        ui.run("pca-latent4"),
+    ]
     assert [r.data.tags[T.MODEL] for r in runs] == ["vae", "ae", "pca"]
     url = ui.runs_view(f"tags.{T.COMPARED} = 'true' and tags.{T.LATENT_DIM} = '4'", chart=True)
     open_view(page, url, run_link(page, ui.parent))
@@ -236,8 +250,11 @@ def test_image_grid_shows_samples_of_vae_ae_and_pca_at_one_step(ui, page):
         slider.press("ArrowRight")
     assert step.input_value() == "2", step.input_value()
     images = dialog.locator("img")
-    page.wait_for_function("n => [...document.querySelectorAll('[role=dialog] img')]"
-                           ".filter(i => i.complete && i.naturalWidth > 0).length >= n", arg=3)
+    page.wait_for_function(
+        "n => [...document.querySelectorAll('[role=dialog] img')]"
+        ".filter(i => i.complete && i.naturalWidth > 0).length >= n",
+        arg=3,
+    )
     assert images.count() == 3, images.count()
     assert all("samples%2Bstep%2B2%2B" in (images.nth(i).get_attribute("src") or "") for i in range(3))
     text = dialog.inner_text()
@@ -249,8 +266,11 @@ def test_image_grid_shows_samples_of_vae_ae_and_pca_at_one_step(ui, page):
 
 def test_run_page_shows_the_store_s_metric_value(ui, page):
     best = next(r for r in ui.runs if r.info.run_id == ui.parent.data.tags[T.BEST_RUN_ID])
-    open_view(page, f"{ui.base}/#/experiments/{ui.experiment_id}/runs/{best.info.run_id}",
-              page.get_by_placeholder("Search metrics"))
+    open_view(
+        page,
+        f"{ui.base}/#/experiments/{ui.experiment_id}/runs/{best.info.run_id}",
+        page.get_by_placeholder("Search metrics"),
+    )
     page.get_by_placeholder("Search metrics").fill("test/elbo")
     cell = page.get_by_role("cell", name="test/elbo", exact=True)
     row = page.get_by_role("row").filter(has=cell)

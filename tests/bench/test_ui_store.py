@@ -35,8 +35,10 @@ def by_role(runs, role):
 
 
 def compared(runs, model):
-    return sorted((r for r in runs if r.data.tags.get(T.COMPARED) == "true" and r.data.tags[T.MODEL] == model),
-                  key=lambda r: int(r.data.tags[T.LATENT_DIM]))
+    return sorted(
+        (r for r in runs if r.data.tags.get(T.COMPARED) == "true" and r.data.tags[T.MODEL] == model),
+        key=lambda r: int(r.data.tags[T.LATENT_DIM]),
+    )
 
 
 # ------------------------------------------------------------------ one meaning per key
@@ -121,10 +123,14 @@ def test_train_validation_and_test_splits_are_dataset_inputs_of_every_child_run(
     assert len(children) == 3 + 4
     digests = None
     for r in children:
-        inputs = {(d.dataset.name, d.dataset.digest, tuple(t.value for t in d.tags if t.key == T.INPUT_CONTEXT))
-                  for d in r.inputs.dataset_inputs}
+        inputs = {
+            (d.dataset.name, d.dataset.digest, tuple(t.value for t in d.tags if t.key == T.INPUT_CONTEXT))
+            for d in r.inputs.dataset_inputs
+        }
         assert {(n, c) for n, _, c in inputs} == {
-            ("mnist-train", ("training",)), ("mnist-val", ("validation",)), ("mnist-test", ("testing",))
+            ("mnist-train", ("training",)),
+            ("mnist-val", ("validation",)),
+            ("mnist-test", ("testing",)),
         }
         digests = digests or {n: d for n, d, _ in inputs}
         assert {n: d for n, d, _ in inputs} == digests  # the same data for every model

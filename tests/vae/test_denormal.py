@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
+from tests.helpers import TINY_MODEL
 from vae.data import Datasets
 from vae.denormal import denormals_flushed, flush_denormal, flush_denormal_enabled
-from tests.helpers import TINY_MODEL
 from vae.model import build_model
 from vae.train import TrainConfig, fit
 
@@ -70,7 +70,14 @@ def test_context_leaves_a_callers_own_flushing_on():
 def _flushing_seen_by_fit(data: Datasets, config: TrainConfig) -> tuple[list[float], float]:
     seen: list[float] = []
     torch.manual_seed(0)
-    fit(build_model("vae", TINY_MODEL), data, config, "cpu", lambda e, m: seen.append(flushed_fraction()), progress=False)
+    fit(
+        build_model("vae", TINY_MODEL),
+        data,
+        config,
+        "cpu",
+        lambda e, m: seen.append(flushed_fraction()),
+        progress=False,
+    )
     return seen, flushed_fraction()
 
 
@@ -95,7 +102,7 @@ def test_flushing_does_not_change_what_fit_learns(small_mnist):
         torch.manual_seed(0)
         model = build_model("vae", TINY_MODEL)
         runs.append(fit(model, small_mnist, dataclasses.replace(config, flush_denormal=flush), "cpu", progress=False))
-    for a, b in zip(*runs):
+    for a, b in zip(*runs, strict=False):
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-3), key
 

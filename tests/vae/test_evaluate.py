@@ -25,7 +25,7 @@ from vae.evaluate import (
     reconstruction_grid,
     sample_grid,
 )
-from vae.model import Autoencoder, ModelConfig, VAE
+from vae.model import VAE, Autoencoder, ModelConfig
 
 
 def reference_terms(model: VAE, x: torch.Tensor, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
@@ -154,7 +154,9 @@ def test_iwae_per_image_values_average_to_the_nll_and_give_its_standard_error(tr
     per = iwae_nll_per_image(trained_vae, x, k=20, batch_size=50, chunk=20, seed=3)
     assert per.shape == (200,) and per.dtype == torch.float64
     assert (per > 0).all()
-    assert per.mean().item() == pytest.approx(iwae_nll(trained_vae, x, k=20, batch_size=50, chunk=20, seed=3), rel=1e-12)
+    assert per.mean().item() == pytest.approx(
+        iwae_nll(trained_vae, x, k=20, batch_size=50, chunk=20, seed=3), rel=1e-12
+    )
     got = final_metrics(trained_vae, val_x, iw_samples=20, iw_images=200, seed=3)
     # final_metrics draws with its own batch size: the same estimator, a different draw of z
     assert got["nll_iw"] == pytest.approx(per.mean().item(), abs=1.0)

@@ -30,8 +30,9 @@ CONFIGS = list(itertools.product(("vae", "ae"), range(4), sorted(ACTIVATIONS)))
 
 def _autograd_and_fused(kind: str, layers: int, act: str, dtype: torch.dtype):
     torch.manual_seed(layers)
-    model = build_model(kind, ModelConfig(latent_dim=5, hidden_width=33, hidden_layers=layers, activation=act,
-                                          beta=0.7)).to(dtype)
+    model = build_model(
+        kind, ModelConfig(latent_dim=5, hidden_width=33, hidden_layers=layers, activation=act, beta=0.7)
+    ).to(dtype)
     # 17 images into buffers sized for 32: the views of a short last batch are what is checked
     x = torch.bernoulli(torch.full((17, 784), 0.3, dtype=dtype), generator=torch.Generator().manual_seed(1))
     terms = model.loss(x, generator=torch.Generator().manual_seed(5))
@@ -55,7 +56,7 @@ def test_fused_gradients_are_autograds_in_fp64(kind, layers, act):
     auto_loss, loss, auto, fused = _autograd_and_fused(kind, layers, act, torch.float64)
     assert len(fused) == len(auto) == 2 * (2 * layers + 2)
     assert loss == pytest.approx(auto_loss, rel=FP64_TOL)
-    worst = max(_rel(f, a) for f, a in zip(fused, auto))
+    worst = max(_rel(f, a) for f, a in zip(fused, auto, strict=False))
     assert worst < FP64_TOL
 
 
@@ -63,18 +64,19 @@ def test_fused_gradients_are_autograds_in_fp64(kind, layers, act):
 def test_fused_gradients_are_autograds_in_fp32(kind, layers, act):
     auto_loss, loss, auto, fused = _autograd_and_fused(kind, layers, act, torch.float32)
     assert loss == pytest.approx(auto_loss, rel=FP32_TOL)
-    assert max(_rel(f, a) for f, a in zip(fused, auto)) < FP32_TOL
+    assert max(_rel(f, a) for f, a in zip(fused, auto, strict=False)) < FP32_TOL
 
 
 def test_a_wrong_derivative_is_caught(monkeypatch):
     """The comparison can fail: tanh's backward planted as ReLU's is far outside the tolerance."""
     from vae import fused as fused_mod
 
-    wrong = fused_mod.Activation(fused_mod.ACTIVATION_STEPS["tanh"].forward,
-                                 fused_mod.ACTIVATION_STEPS["relu"].backward, False)
+    wrong = fused_mod.Activation(
+        fused_mod.ACTIVATION_STEPS["tanh"].forward, fused_mod.ACTIVATION_STEPS["relu"].backward, False
+    )
     monkeypatch.setitem(fused_mod.ACTIVATION_STEPS, "tanh", wrong)
     _, _, auto, fused = _autograd_and_fused("vae", 1, "tanh", torch.float64)
-    assert max(_rel(f, a) for f, a in zip(fused, auto)) > 1e-3
+    assert max(_rel(f, a) for f, a in zip(fused, auto, strict=False)) > 1e-3
 
 
 def test_one_step_is_the_same_adam_step_as_fits_optimizer():
@@ -93,7 +95,7 @@ def test_one_step_is_the_same_adam_step_as_fits_optimizer():
     fs = FusedStep(f, 8, 1e-2)
     fs.step(x, torch.Generator().manual_seed(2))
     fs.release()
-    for pa, pf in zip(a.parameters(), f.parameters()):
+    for pa, pf in zip(a.parameters(), f.parameters(), strict=False):
         assert _rel(pf.detach(), pa.detach()) < FP32_TOL
         assert pf.untyped_storage().nbytes() == pf.numel() * 4  # released: storage of its own again
 
@@ -119,11 +121,12 @@ def test_two_epochs_give_the_same_elbo_on_both_paths(data, kind):
     for step in ("fused", "autograd"):
         seed_everything(0)
         model = build_model(kind, ModelConfig(latent_dim=8, hidden_width=64, hidden_layers=2, activation="elu"))
-        histories[step] = fit(model, data, TrainConfig(epochs=2, batch_size=110, lr=3e-3, seed=0, step=step),
-                              progress=False)
+        histories[step] = fit(
+            model, data, TrainConfig(epochs=2, batch_size=110, lr=3e-3, seed=0, step=step), progress=False
+        )
     fused, auto = histories["fused"], histories["autograd"]
     assert len(fused) == len(auto) == 2
-    for f, a in zip(fused, auto):
+    for f, a in zip(fused, auto, strict=False):
         assert f.keys() == a.keys()
         for k in a:
             assert f[k] == pytest.approx(a[k], rel=1e-5), k

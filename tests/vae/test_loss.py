@@ -24,8 +24,8 @@ from vae.loss import (
 
 def bce_float64(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """-[x log sigmoid(l) + (1 - x) log sigmoid(-l)] in the stable form, float64, summed over the last dim."""
-    l, x = logits.double(), x.double()
-    return (l.clamp(min=0) - l * x + torch.log1p(torch.exp(-l.abs()))).sum(-1)
+    z, x = logits.double(), x.double()
+    return (z.clamp(min=0) - z * x + torch.log1p(torch.exp(-z.abs()))).sum(-1)
 
 
 def kl_float64(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from vae.loss import bernoulli_nll, gaussian_kl
-from vae.model import INPUT_DIM, MODELS, Autoencoder, ModelConfig, VAE, build_model
+from vae.model import INPUT_DIM, MODELS, VAE, Autoencoder, ModelConfig, build_model
 
 
 def linear_shapes(seq: nn.Sequential) -> list[tuple[int, int]]:

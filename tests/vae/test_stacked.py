@@ -64,21 +64,23 @@ def test_one_stacked_step_equals_k_separate_steps(kind, layers):
     terms["loss"].backward()
     torch.optim.SGD(stacked.parameters(), lr=LR).step()
     stacked.write_back()
-    for k, (m, s) in enumerate(zip(separate, SEEDS)):
+    for k, (m, s) in enumerate(zip(separate, SEEDS, strict=False)):
         t = m.loss(x[k], generator=noise_generator(s, torch.device("cpu")))  # the same z noise as model k above
         t["loss"].backward()
         for name in t:
             if name != "loss":
                 torch.testing.assert_close(terms[name][k], t[name], rtol=1e-5, atol=1e-4)
-        for got, want in zip(stacked.grads(k), [p.grad for p in m.parameters()]):
+        for got, want in zip(stacked.grads(k), [p.grad for p in m.parameters()], strict=False):
             torch.testing.assert_close(got, want, rtol=GRAD_RTOL, atol=GRAD_ATOL)
         bounds = [step_bound(p.grad, p, LR) for p in m.parameters()]
         torch.optim.SGD(m.parameters(), lr=LR).step()
-        for got, want, bound in zip(stacked.models[k].parameters(), m.parameters(), bounds):
+        for got, want, bound in zip(stacked.models[k].parameters(), m.parameters(), bounds, strict=False):
             assert got.shape == want.shape
             excess = ((got - want).abs() - bound).max().item()
             assert excess <= 0, f"model {k}: a parameter moved {excess:.3g} past the SGD bound"
-    assert terms["loss"].item() == pytest.approx(sum(terms["recon_bce"]).item() + 0.7 * sum(terms.get("kl", torch.zeros(3))).item(), rel=1e-5)
+    assert terms["loss"].item() == pytest.approx(
+        sum(terms["recon_bce"]).item() + 0.7 * sum(terms.get("kl", torch.zeros(3))).item(), rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("kind", ["vae", "ae"])
@@ -102,14 +104,14 @@ def test_the_stacked_adam_step_equals_the_separate_one_where_the_gradient_decide
     make_optimizer(stacked.parameters(), LR).step()
     stacked.write_back()
     decided = total = 0
-    for k, (m, s) in enumerate(zip(separate, SEEDS)):
+    for k, (m, s) in enumerate(zip(separate, SEEDS, strict=False)):
         m.loss(x[k], generator=noise_generator(s, torch.device("cpu")))["loss"].backward()
         masks = [
             (p.grad.abs() > 10 * (GRAD_ATOL + GRAD_RTOL * p.grad.abs())) | ((p.grad == 0) & (sg == 0))
-            for p, sg in zip(m.parameters(), stacked_grads[k])
+            for p, sg in zip(m.parameters(), stacked_grads[k], strict=False)
         ]
         make_optimizer(m, LR).step()
-        for got, want, mask in zip(stacked.models[k].parameters(), m.parameters(), masks):
+        for got, want, mask in zip(stacked.models[k].parameters(), m.parameters(), masks, strict=False):
             torch.testing.assert_close(got[mask], want[mask], rtol=0, atol=1e-6)
             decided, total = decided + int(mask.sum()), total + mask.numel()
     assert decided / total > 0.9, f"only {decided} of {total} coordinates compared"
@@ -119,13 +121,13 @@ def test_the_stacked_adam_step_equals_the_separate_one_where_the_gradient_decide
 def test_stacked_run_agrees_with_fit_one_seed_at_a_time(small_mnist, kind):
     stacked = fit_replicates(kind, TINY_MODEL, FAST, SEEDS, small_mnist, strategy="stacked")
     assert len(stacked) == len(SEEDS)
-    for (model, history), s in zip(stacked, SEEDS):
+    for (model, history), s in zip(stacked, SEEDS, strict=False):
         seed_everything(s)
         ref = build_model(kind, TINY_MODEL)
         ref_history = fit(ref, small_mnist, dataclasses.replace(FAST, seed=s), progress=False)
         assert type(model) is type(ref) and not model.training
         assert [list(h) for h in history] == [list(h) for h in ref_history]
-        for got, want in zip(history, ref_history):
+        for got, want in zip(history, ref_history, strict=False):
             for key in want:
                 assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-2), (s, key)
         # 20 Adam steps apart only by rounding (batched vs single GEMMs): 0 on this project's Intel CPU,
@@ -136,7 +138,7 @@ def test_stacked_run_agrees_with_fit_one_seed_at_a_time(small_mnist, kind):
         # 10,000 beyond 1e-3 (AMD's one-step run had 1-2 near-zero gradients per model, none flipped);
         # a real error moves every coordinate.
         off = total = 0
-        for got, want in zip(model.parameters(), ref.parameters()):
+        for got, want in zip(model.parameters(), ref.parameters(), strict=False):
             d = (got - want).abs()
             assert d.max().item() <= 2 * FAST.lr + 1e-3, (s, d.max().item())
             off, total = off + int((d > 1e-3 + 1e-3 * want.abs()).sum()), total + d.numel()
@@ -147,11 +149,13 @@ def test_stacked_run_agrees_with_fit_one_seed_at_a_time(small_mnist, kind):
 
 def test_sequential_strategy_is_fit_exactly(small_mnist):
     got = fit_replicates("vae", TINY_MODEL, FAST, [4, 7], small_mnist, strategy="sequential")
-    for (model, history), s in zip(got, [4, 7]):
+    for (model, history), s in zip(got, [4, 7], strict=False):
         seed_everything(s)
         ref = build_model("vae", TINY_MODEL)
         assert history == fit(ref, small_mnist, dataclasses.replace(FAST, seed=s), progress=False)
-        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
+        assert all(
+            torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values(), strict=False)
+        )
 
 
 def test_auto_probe_answers_once_per_shape_and_leaves_the_global_rng_alone():

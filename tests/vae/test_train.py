@@ -48,7 +48,7 @@ def test_same_seed_gives_the_same_history_twice(small_mnist):
     ha = fit(a, small_mnist, FAST, progress=False)
     hb = fit(b, small_mnist, FAST, progress=False)
     assert ha == hb  # exact equality, every metric of every epoch
-    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=False):
         assert ka == kb and torch.equal(va, vb)
 
 
@@ -133,8 +133,13 @@ def test_nan_weight_raises_at_the_first_step(small_mnist):
 def test_exploding_learning_rate_raises(small_mnist):
     epochs = []
     with pytest.raises(NonFiniteLossError) as err:
-        fit(fresh(), small_mnist, TrainConfig(epochs=5, batch_size=50, lr=10.0), progress=False,
-            on_epoch_end=lambda e, m: epochs.append(e))
+        fit(
+            fresh(),
+            small_mnist,
+            TrainConfig(epochs=5, batch_size=50, lr=10.0),
+            progress=False,
+            on_epoch_end=lambda e, m: epochs.append(e),
+        )
     e = err.value
     assert not math.isfinite(e.value)
     assert 1 <= e.epoch <= 5 and 0 <= e.step < 10  # 500 images / 50 per batch
@@ -146,8 +151,13 @@ def test_exploding_learning_rate_raises(small_mnist):
 
 def test_callback_receives_every_epochs_metrics(small_mnist):
     calls = []
-    history = fit(fresh(), small_mnist, dataclasses.replace(FAST, epochs=3), progress=False,
-                  on_epoch_end=lambda epoch, metrics: calls.append((epoch, dict(metrics))))
+    history = fit(
+        fresh(),
+        small_mnist,
+        dataclasses.replace(FAST, epochs=3),
+        progress=False,
+        on_epoch_end=lambda epoch, metrics: calls.append((epoch, dict(metrics))),
+    )
     assert [c[0] for c in calls] == [1, 2, 3]
     assert [c[1] for c in calls] == history
     assert all(set(m) == VAE_KEYS and all(math.isfinite(v) for v in m.values()) for _, m in calls)

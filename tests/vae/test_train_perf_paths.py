@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -50,7 +49,7 @@ def test_compiled_fit_matches_eager_fit_when_the_noise_is_drawn_the_same_way(dat
     with torch._inductor.config.patch(fallback_random=True):
         compiled = train(data, dataclasses.replace(CONFIG, compile=True))
     assert list(compiled[0]) == list(eager[0])
-    for e, c in zip(eager, compiled):
+    for e, c in zip(eager, compiled, strict=False):
         for key in KEYS:
             assert c[key] == pytest.approx(e[key], rel=1e-4, abs=1e-3), key
 
@@ -118,7 +117,7 @@ def test_lean_adam_steps_exactly_as_torch_fused_adam():
             if step == 2:
                 model.decoder[0].bias.grad = None  # a tensor without a gradient is skipped, as torch.optim does
             opt.step()
-        for p, q in zip(a.parameters(), b.parameters()):
+        for p, q in zip(a.parameters(), b.parameters(), strict=False):
             assert torch.equal(p, q), step  # bit for bit: the same kernel on the same numbers
 
 
