@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.errors import BenchError, HelpFormatter, cli_main
 from bench.outage import DEFAULT_TIMEOUT_S as DEFAULT_OUTAGE_S
-from bench.thresholds import ALPHA, DEFAULT_THRESHOLDS, FLOOR, POWER, GateReference, Verdict, write_reference
+from bench.thresholds import DEFAULT_THRESHOLDS, FLOOR, GATE_ALPHA, POWER, GateReference, Verdict, write_reference
 
 EXIT_PASS, EXIT_REGRESSION = 0, 1
 CALIBRATION_SEEDS = list(range(100, 132))
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     spec, ref, root, uri = validate(args)  # nothing is written before this passes
     if args.calibrate:
-        return calibrate(args, spec, root, uri)
+        return run_calibration(args, spec, root, uri)
     from bench.thresholds import judge
 
     t0 = time.monotonic()
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_REGRESSION
 
 
-def calibrate(args: argparse.Namespace, spec, root: str, uri: str) -> int:
+def run_calibration(args: argparse.Namespace, spec, root: str, uri: str) -> int:
     """Train every calibration seed; write the references, the gate's seeds and the measured false-alarm rate."""
     t0 = time.monotonic()
     results = measure_and_log(
@@ -285,7 +285,7 @@ def reference_from(results, gate_size: int, provenance: dict) -> GateReference:
     gate_seeds = choose_gate_seeds(values, seeds, keys, gate_size)
     fa = empirical_false_alarm(values, keys, gate_size)
     provenance = {**provenance, "calibration_seeds": seeds, "false_alarm_resamples": 20000}
-    return GateReference(references(values, keys), gate_seeds, ALPHA, FLOOR, round(fa, 5), provenance)
+    return GateReference(references(values, keys), gate_seeds, GATE_ALPHA, FLOOR, round(fa, 5), provenance)
 
 
 def print_calibration(ref: GateReference) -> None:

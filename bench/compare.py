@@ -16,10 +16,10 @@ from tqdm.auto import tqdm
 from bench import models
 from bench import tags as T
 from bench.context import StudyContext
-from bench.describe import BEST_ALIAS, baseline_note, registered_name, trial_run_name
+from bench.describe import baseline_note, registered_name, trial_run_name
 from bench.fd_classifier import load_classifier
 from bench.jobs import JobEnv, ModelJob, ModelResult, compute, log_model_run
-from bench.ood import OOD_TAG, OODScoring
+from bench.ood import OODScoring
 from bench.spec import StudySpec
 from bench.tracking import Tracker
 from bench.trials import trial_configs
@@ -68,7 +68,7 @@ def run_comparison(ctx: StudyContext, processes: int | None = None, ood: OODScor
         )
         bar = tqdm(total=len(jobs), desc="baselines", unit="model", disable=not ctx.progress)
         try:
-            ood_tags = {} if ood is None else {OOD_TAG: ood.dataset}
+            ood_tags = {} if ood is None else {T.OOD_DATASET: ood.dataset}
             for r in compute(jobs, env, processes):
                 _log_result(r, ctx, ood_tags)
                 bar.update()
@@ -105,10 +105,10 @@ def _register_best(tracker: Tracker, spec: StudySpec, latent: int, vae_run: str,
     desc = (
         f"The best VAE of study {spec.name} at latent size {latent} by {', '.join(spec.objectives)} "
         f"(trial {vae_tags.get(T.TRIAL_NUMBER)}); "
-        f"load it with mlflow.pyfunc.load_model('models:/{name}@{BEST_ALIAS}'), "
+        f"load it with mlflow.pyfunc.load_model('models:/{name}@{T.BEST_ALIAS}'), "
         "whose .unwrap_python_model().model is the VAE."
     )
-    ref = tracker.register_model(uri, name, BEST_ALIAS, vae_run, desc)
+    ref = tracker.register_model(uri, name, T.BEST_ALIAS, vae_run, desc)
     tracker.set_tags(vae_run, {T.REGISTERED_AS: ref})
 
 

@@ -164,8 +164,5 @@ def model_name(kind: str, latent_dim: int, trial: int | None = None) -> str:
 
 
 def registered_name(study: str, latent_dim: int) -> str:
-    """The registry's name for the best VAE of a study at a latent size; its alias is BEST_ALIAS."""
+    """The registry's name for the best VAE of a study at a latent size; its alias is tags.BEST_ALIAS."""
     return f"{study}-vae-latent{latent_dim}"
-
-
-BEST_ALIAS = "best"

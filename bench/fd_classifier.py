@@ -82,12 +82,6 @@ class FDClassifier:
         dev = next(self.net.parameters()).device
         return torch.cat([self.net.body(xb.to(dev).float()).cpu() for xb in x.split(batch_size)])
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-        """(N, 784) -> predicted labels (N,) on the CPU."""
-        dev = next(self.net.parameters()).device
-        return torch.cat([self.net(xb.to(dev).float()).argmax(-1).cpu() for xb in x.split(batch_size)])
-
     def to(self, device: torch.device | str) -> FDClassifier:
         self.net.to(device)
         return self

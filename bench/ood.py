@@ -22,14 +22,12 @@ from vae.data import DataError, check_data, load_data
 from vae.evaluate import iwae_nll_per_image, map_batches
 from vae.loss import bernoulli_nll
 
-OOD_TAG = "ood_dataset"  # tag on each compared run: the dataset its test/ood_auroc scored as OOD
-
 
 @dataclass(frozen=True)
 class OODScoring:
     """The OOD images and how test/ood_auroc is computed on them."""
 
-    dataset: str  # the study's [eval] ood_dataset, the value of OOD_TAG
+    dataset: str  # the study's [eval] ood_dataset, the value of tags.OOD_DATASET
     x: torch.Tensor  # its test images (N, 784)
     iw_samples: int
     iw_images: int | None

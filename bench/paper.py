@@ -12,6 +12,7 @@ import time
 import torch
 from torch import nn
 
+from bench import tags as T
 from bench.context import StudyContext
 from vae.evaluate import iwae_nll_per_image, mean_and_se
 from vae.train import load_checkpoint
@@ -36,9 +37,9 @@ def score_paper_protocol(ctx: StudyContext, k: int = PAPER_IW_SAMPLES) -> dict[s
     has the metric; returns what was logged (None when nothing was). `k` other than 5000 is for tests."""
     tracker = ctx.tracker
     best = ctx.bests.trial
-    if best is None or "mlflow_run_id" not in best.user_attrs:
+    if best is None or T.RUN_ID_ATTR not in best.user_attrs:
         return None
-    run_id = best.user_attrs["mlflow_run_id"]
+    run_id = best.user_attrs[T.RUN_ID_ATTR]
     if PAPER_KEYS[0] in tracker.metrics_of(run_id):
         return None
     with tempfile.TemporaryDirectory(prefix="vaebench-") as tmp:

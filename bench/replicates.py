@@ -20,7 +20,7 @@ from bench.context import StudyContext
 from bench.fd_classifier import load_classifier
 from bench.jobs import JobEnv, ModelJob, compute, log_model_run
 from bench.metrics import OOD_AUROC
-from bench.ood import OOD_TAG, OODScoring
+from bench.ood import OODScoring
 from bench.spec import StudySpec
 from bench.tracking import Tracker
 from bench.trials import trial_configs
@@ -147,5 +147,5 @@ def _log_replicate(r, ctx: StudyContext) -> None:
         T.NOTE: note,
     }
     if OOD_AUROC in r.scores:
-        tags[OOD_TAG] = ctx.spec.eval.ood_dataset
+        tags[T.OOD_DATASET] = ctx.spec.eval.ood_dataset
     log_model_run(ctx, r, job.name, tags)

@@ -21,7 +21,7 @@ from bench.errors import BenchError, HelpFormatter, cli_main
 from bench.frontier import REFERENCE, rate_distortion_figure, rate_distortion_points
 from bench.metrics import COMPARISON, VAE_TEST, better
 from bench.spec import check_study_name
-from bench.stats import ALPHA, LEVEL, holm, t_interval, welch_p
+from bench.stats import LEVEL, VERDICT_ALPHA, holm, t_interval, welch_p
 from bench.tags import IMAGE_KEYS, grid_file
 from bench.tracking import REPLICATE_OF_TAG, REPLICATE_ROLE, ROLE_TAG, SEED_TAG
 from bench.tuning import (
@@ -39,7 +39,7 @@ from bench.tuning import (
 SHARED_METRICS = {m: better(m) for m in COMPARISON}
 PAPER_METRICS = ["test/nll_iw_k5000", "test/nll_iw_k5000_se"]  # on the study's best VAE only, when asked for
 VAE_METRICS = [*VAE_TEST, *PAPER_METRICS]
-MODELS = ("vae", "ae", "pca")
+MODEL_ORDER = ("vae", "ae", "pca")
 HW, N = ".hw95", ".n"  # suffixes of a metric's interval half-width and replicate count columns
 NA = "n/a"
 
@@ -134,7 +134,7 @@ class Report:
                     display_table(self.table, list(SHARED_METRICS)).to_string(index=False)
                     + f"\n\nmean ± {LEVEL:.0%} t-interval half-width over n seed replicates\n"
                     + "verdicts (Welch t-test of the best mean against each other model, Holm-adjusted "
-                    + f"across the table, alpha {ALPHA}):\n"
+                    + f"across the table, alpha {VERDICT_ALPHA}):\n"
                     + self.verdict_table().to_string(index=False)
                 )
                 + sanity
@@ -187,7 +187,7 @@ def aggregate(reps: pd.DataFrame, metrics: list[str], by: list[str]) -> pd.DataF
 
 
 def _order(df: pd.DataFrame) -> pd.DataFrame:
-    order = {m: i for i, m in enumerate(MODELS)}
+    order = {m: i for i, m in enumerate(MODEL_ORDER)}
     return df.sort_values(["latent_dim", "model"], key=lambda s: s.map(order) if s.name == "model" else s).reset_index(
         drop=True
     )
@@ -255,7 +255,7 @@ def replicate_report(
     )
 
 
-def significance_tests(table: pd.DataFrame, reps: pd.DataFrame | None, alpha: float = ALPHA) -> pd.DataFrame:
+def significance_tests(table: pd.DataFrame, reps: pd.DataFrame | None, alpha: float = VERDICT_ALPHA) -> pd.DataFrame:
     """For each (latent size, metric): the best model by mean, Welch-tested against each other model.
 
     One row per (latent_dim, metric, other model) with both means, the raw p-value and the Holm-adjusted one
@@ -384,7 +384,7 @@ def write_report(report: Report, out: Path, tracker=None, study: str = "") -> li
     ]
     verdict_note = (
         f"Welch t-test of the best mean against each other model, p-values Holm-adjusted across the "
-        f"whole table (family-wise alpha {ALPHA}); a winner is named only when it beats every other "
+        f"whole table (family-wise alpha {VERDICT_ALPHA}); a winner is named only when it beats every other "
         f'model, "tie" lists the models the replicates cannot tell apart.'
     )
     if report.has_replicates:
@@ -550,7 +550,9 @@ def _image_comparisons(report: Report, out: Path, tracker) -> list[Path]:
         for latent, g in report.runs.groupby("latent_dim"):
             for kind in IMAGE_KEYS:
                 images = {}
-                for r in g.sort_values("model", key=lambda s: s.map({m: i for i, m in enumerate(MODELS)})).itertuples():
+                for r in g.sort_values(
+                    "model", key=lambda s: s.map({m: i for i, m in enumerate(MODEL_ORDER)})
+                ).itertuples():
                     try:
                         p = tracker.download(r.run_id, grid_file(kind), Path(tmp) / r.run_id)
                     except Exception:

@@ -400,7 +400,7 @@ def print_summary(out: Outcome, uri: str) -> None:
             print(f"Pareto front: {len(study.best_trials)} trials; the highest {spec.split}/elbo among them:")
         print(f"best trial {best.number}: {values}")
         print("  params: " + ", ".join(f"{k}={_fmt(val)}" for k, val in best.params.items()))
-        tm = best.user_attrs.get("test_metrics", {})
+        tm = best.user_attrs.get(T.TEST_METRICS_ATTR, {})
         if tm:
             print("  test:   " + ", ".join(f"{k}={_fmt(val)}" for k, val in tm.items()))
     print(f"MLflow: experiment {spec.experiment_name!r}, parent run {out.ctx.parent_run_id} at {mask(uri)}")

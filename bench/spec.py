@@ -43,9 +43,9 @@ Direction = Literal["maximize", "minimize"]
 # every one of them handles two objectives in Optuna 5 (TPE, GP by hypervolume, NSGA-II, random, grid)
 Sampler = Literal["tpe", "random", "grid", "gp", "nsga2"]
 Pruner = Literal["median", "hyperband", "none"]
-Baseline = Literal["ae", "pca"]
+BaselineKind = Literal["ae", "pca"]
 OodDataset = Literal[tuple(sorted(DATASET_FOLDERS))]
-SAMPLERS, PRUNERS, BASELINES = get_args(Sampler), get_args(Pruner), get_args(Baseline)
+BASELINES = get_args(BaselineKind)
 MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
 TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"seed"}
 MAX_SEED = 2**32 - 1  # TrainConfig's bound
@@ -174,7 +174,7 @@ class BaselineSpec:
 
     where: ClassVar[str] = "baselines."
 
-    models: tuple[Baseline, ...] = ()  # each at most once
+    models: tuple[BaselineKind, ...] = ()  # each at most once
     fd_samples: Annotated[int, Field(ge=100, le=100_000)] = 5000  # generated images per model for test/sample_fd
 
     @field_validator("models", mode="before")

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import stats
 
 LEVEL = 0.95  # confidence of the intervals
-ALPHA = 0.05  # family-wise error rate of the verdicts (Holm)
+VERDICT_ALPHA = 0.05  # family-wise error rate of the verdicts (Holm)
 
 
 def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, int]:

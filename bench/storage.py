@@ -21,6 +21,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+from bench import tags as T
 from bench.errors import BenchError, InfrastructureError
 from bench.outage import DEFAULT_TIMEOUT_S as DEFAULT_OUTAGE_S
 from bench.outage import Outage, transient
@@ -31,12 +32,8 @@ DEFAULT_JOURNAL = "optuna.journal"
 HEARTBEAT_INTERVAL_S = 5  # a live worker refreshes its trial's heartbeat this often
 GRACE_PERIOD_S = 20  # a trial whose heartbeat is older than this is stale: its worker died
 MAX_RETRY = 2  # a stale trial is re-queued at most this many times
-DEAD_WORKER_ATTRS = (
-    "worker",
-    "mlflow_run_id",
-    "fail_reason",
-    "infra_failure",
-)  # trial user attrs a retry does not inherit
+# trial user attrs a retry does not inherit
+DEAD_WORKER_ATTRS = (T.WORKER_ATTR, T.RUN_ID_ATTR, T.FAIL_REASON_ATTR, T.INFRA_FAILURE_ATTR)
 CONNECT_TIMEOUT_S = 10  # a PostgreSQL connection attempt gives up after this long (libpq connect_timeout)
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 

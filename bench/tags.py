@@ -23,6 +23,8 @@ COMPARED = "compared"  # "true" on the runs in the comparison: the best VAE per 
 VAE_RUN_ID = "vae_run_id"  # on a baseline: the run of the VAE it is compared with
 MODEL_URI = "model_uri"  # the run's logged model (models:/m-...), loadable with mlflow.pyfunc.load_model
 REGISTERED_AS = "registered_as"  # on a registered VAE: models:/<name>@<alias>
+BEST_ALIAS = "best"  # the model registry alias of the best VAE at each latent size (bench.describe.registered_name)
+OOD_DATASET = "ood_dataset"  # on each compared run with test/ood_auroc: the dataset it scored as out-of-distribution
 N_TRIALS = "n_trials"  # on the parent: the study's trials in total as of its latest run (a resume may raise it)
 TRIALS_PER_STRATUM = "trials_per_stratum"  # on the parent of a stratified study: each stratum's trials, as n_trials
 BEST_TRIAL = "best_trial"  # on the parent: the best trial's number
@@ -44,7 +46,6 @@ NOTE = "mlflow.note.content"  # the description of a run or experiment, shown on
 PARENT_RUN = "mlflow.parentRunId"
 INPUT_CONTEXT = "mlflow.data.context"  # on a logged dataset input: training, validation or testing
 
-ROLES = ("study", "trial", "baseline", "replicate", "gate")
 REPLICATE_ROLE = "replicate"  # a compared configuration trained again with another seed (bench.replicates)
 GATE_ROLE = "gate"  # a seed of the regression gate (bench.check)
 PRUNED_SUFFIX = " (pruned)"  # appended to a pruned trial's run name, so the runs table shows it

@@ -26,7 +26,7 @@ from bench.errors import BenchError
 from bench.metrics import METRICS, better
 
 DEFAULT_THRESHOLDS = Path(__file__).resolve().parent.parent / "studies" / "thresholds" / "ci.toml"
-ALPHA = 0.01  # family-wise false-alarm rate of the whole gate
+GATE_ALPHA = 0.01  # family-wise false-alarm rate of the whole gate
 FLOOR = 0.02  # nats: the band is never narrower (float32 sums over 10,000 images differ across CPUs)
 POWER = 0.95  # the minimum detectable regression is the shift caught with this probability
 
@@ -51,10 +51,12 @@ class Reference:
         """Standard error of (mean of k new seeds - this mean)."""
         return self.sd * math.sqrt(1 / k + 1 / self.n)
 
-    def band(self, k: int, m: int, alpha: float = ALPHA, floor: float = FLOOR) -> float:
+    def band(self, k: int, m: int, alpha: float = GATE_ALPHA, floor: float = FLOOR) -> float:
         return max(t_quantile(1 - alpha / (2 * m), self.n - 1) * self.noise(k), floor)
 
-    def detectable(self, k: int, m: int, alpha: float = ALPHA, floor: float = FLOOR, power: float = POWER) -> float:
+    def detectable(
+        self, k: int, m: int, alpha: float = GATE_ALPHA, floor: float = FLOOR, power: float = POWER
+    ) -> float:
         """The shift (in the metric's unit) that a gate of k seeds catches with probability `power`."""
         return self.band(k, m, alpha, floor) + normal_quantile(power) * self.noise(k)
 
@@ -65,7 +67,7 @@ class GateReference:
 
     references: tuple[Reference, ...]
     seeds: tuple[int, ...]  # the seeds the gate trains
-    alpha: float = ALPHA
+    alpha: float = GATE_ALPHA
     floor: float = FLOOR
     false_alarm_empirical: float | None = None  # from resampling the calibration seeds
     provenance: dict | None = None
@@ -136,7 +138,7 @@ def empirical_false_alarm(
     values_by_seed: list[dict[tuple[str, str], float]],
     keys: list[tuple[str, str]],
     k: int,
-    alpha: float = ALPHA,
+    alpha: float = GATE_ALPHA,
     floor: float = FLOOR,
     resamples: int = 20_000,
     seed: int = 0,
@@ -223,7 +225,7 @@ def load_reference(path: str | Path) -> GateReference:
         raise BenchError(
             f"{path}: [gate] seeds must be a list of at least 2 distinct non-negative integers, got {seeds!r}"
         )
-    alpha, floor = gate.get("alpha", ALPHA), gate.get("floor", FLOOR)
+    alpha, floor = gate.get("alpha", GATE_ALPHA), gate.get("floor", FLOOR)
     if not _number(alpha) or not 0 < alpha < 0.5:
         raise BenchError(f"{path}: [gate] alpha must be a number in (0, 0.5), got {alpha!r}")
     if not _number(floor) or floor < 0:

@@ -37,7 +37,6 @@ ROLE_TAG = T.ROLE  # re-exported for the modules that import it from here
 UI_PORT = 5000  # where `mlflow ui` listens by default
 REPLICATE_ROLE, SEED_TAG = T.REPLICATE_ROLE, T.SEED  # re-exported, as ROLE_TAG
 REPLICATE_OF_TAG, REPLICATE_TRIAL_TAG = T.REPLICATE_OF, T.REPLICATE_OF_TRIAL
-STUDY_TAG = "study"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 VAE_PACKAGE_DIR = PROJECT_DIR / "vae"
 MODEL_CODE = Path(__file__).resolve().parent / "mlflow_model.py"  # what a logged model runs when loaded

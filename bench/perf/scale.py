@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
+from bench import tags as T
 from bench.errors import BenchError, HelpFormatter, cli_main
 
 DB_PREFIX = "vaebench_scale"
@@ -223,8 +224,10 @@ def measure_recovery(cfg: ScaleConfig, tmp: Path) -> Recovery:
 
         def victims_second_trial():
             # the second: the first one carries the warm-up costs
-            mine = [t for t in trials(reader, study.stem) if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
-            running = [t for t in mine if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+            mine = [
+                t for t in trials(reader, study.stem) if t.user_attrs.get(T.WORKER_ATTR, "").endswith(f":{victim.pid}")
+            ]
+            running = [t for t in mine if t.state == TrialState.RUNNING and T.RUN_ID_ATTR in t.user_attrs]
             return running[0] if running and len(mine) >= 2 else None
 
         killed = _poll(victims_second_trial, procs, cwd, "the victim's second trial")
@@ -260,7 +263,7 @@ def measure_recovery(cfg: ScaleConfig, tmp: Path) -> Recovery:
         GRACE_PERIOD_S,
         killed.number,
         retry.number,
-        "pid check" if "died mid-trial" in dead.user_attrs.get("fail_reason", "") else "heartbeat",
+        "pid check" if "died mid-trial" in dead.user_attrs.get(T.FAIL_REASON_ATTR, "") else "heartbeat",
         round((dead.datetime_complete - killed_at).total_seconds(), 1),
         round((retry.datetime_start - killed_at).total_seconds(), 1),
     )
