@@ -387,6 +387,22 @@ def write_report(report: Report, out: Path, tracker=None, study: str = "") -> li
         f"whole table (family-wise alpha {VERDICT_ALPHA}); a winner is named only when it beats every other "
         f'model, "tie" lists the models the replicates cannot tell apart.'
     )
+
+    def closing(vae_table_md: str) -> list[str]:
+        """The sections every report ends with: the verdicts, then the VAE's own metrics."""
+        return [
+            "## Verdicts",
+            "",
+            verdict_note,
+            "",
+            to_markdown(report.verdict_table()),
+            "",
+            "## VAE only",
+            "",
+            vae_table_md,
+            "",
+        ]
+
     if report.has_replicates:
         seeds = sorted(report.replicates["seed"].unique())
         md = [
@@ -397,16 +413,7 @@ def write_report(report: Report, out: Path, tracker=None, study: str = "") -> li
             "",
             to_markdown(display_table(report.table, list(SHARED_METRICS))),
             "",
-            "## Verdicts",
-            "",
-            verdict_note,
-            "",
-            to_markdown(report.verdict_table()),
-            "",
-            "## VAE only",
-            "",
-            to_markdown(display_table(report.vae_table, [m for m in VAE_METRICS if m in report.vae_table])),
-            "",
+            *closing(to_markdown(display_table(report.vae_table, [m for m in VAE_METRICS if m in report.vae_table]))),
         ]
     else:
         md = [
@@ -421,16 +428,7 @@ def write_report(report: Report, out: Path, tracker=None, study: str = "") -> li
             "",
             to_markdown(winners(report.table)),
             "",
-            "## Verdicts",
-            "",
-            verdict_note,
-            "",
-            to_markdown(report.verdict_table()),
-            "",
-            "## VAE only",
-            "",
-            to_markdown(report.vae_table),
-            "",
+            *closing(to_markdown(report.vae_table)),
         ]
     files += _tuning(report, out, md)
     files += _rate_distortion(report, out, study, md)

@@ -127,23 +127,26 @@ CODE_PLANTS = {
 }
 
 
+def _planted_text(plant: str) -> str:
+    """The plant's file as planted: its one line changed, which must be there exactly once."""
+    file, old, new = CODE_PLANTS[plant]
+    text = (ROOT / file).read_text()
+    assert text.count(old) == 1, f"the planted line is no longer in {file}: {old!r}"
+    return text.replace(old, new)
+
+
 @pytest.mark.parametrize("plant", sorted(CODE_PLANTS))
 def test_planted_line_is_still_in_the_code(plant):
     """The slow gate test plants its regressions by text; a refactor that moves the line must fail here, fast."""
-    file, old, _ = CODE_PLANTS[plant]
-    assert (ROOT / file).read_text().count(old) == 1, f"the planted line is no longer in {file}: {old!r}"
+    assert _planted_text(plant) != (ROOT / CODE_PLANTS[plant][0]).read_text()
 
 
 def _planted_code(tmp_path: Path, plant: str) -> Path:
     """A copy of the code with the plant's one line changed."""
-    file, old, new = CODE_PLANTS[plant]
     code = tmp_path / "code"
     for pkg in ("vae", "bench", "studies"):
         shutil.copytree(ROOT / pkg, code / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    target = code / file
-    text = target.read_text()
-    assert text.count(old) == 1, f"the planted line is no longer in {file}: {old!r}"
-    target.write_text(text.replace(old, new))
+    (code / CODE_PLANTS[plant][0]).write_text(_planted_text(plant))
     return code
 
 
