@@ -19,10 +19,13 @@ EXIT_INTERRUPTED = 130
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends '(default: ...)' only where the help does not already say what the default is."""
+    """Appends '(default: ...)' only where the help does not already say what the default is, and
+    '(required)' instead on a required option, which has none."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
+        if action.required and action.option_strings:
+            return f"{text} (required)"
         return text if "(default" in text else super()._get_help_string(action)
 
 
