@@ -256,6 +256,21 @@ for _name in (
     setattr(PatientRDBStorage, _name, _patient(_name))
 
 
+def load_existing_study(study_name: str, value: str) -> optuna.Study:
+    """A study that must already exist, for commands that only read it (bench.strata, bench.perf.epoch_ranks):
+    a journal or SQLite file that is not there is an error, not a new empty file."""
+    target = parse_storage(value)
+    path = target.location if target.kind == "journal" else None
+    if target.location.startswith("sqlite:///"):
+        path = target.location.removeprefix("sqlite:///")
+    if path is not None and not Path(path).exists():
+        raise BenchError(f"{target.display}: no such file; give the storage the study was run with")
+    try:
+        return optuna.load_study(study_name=study_name, storage=open_storage(target))
+    except KeyError:
+        raise BenchError(f"no study {study_name!r} in {target.display}") from None
+
+
 def open_storage(
     target: StorageTarget, stale_handler: StaleTrialHandler | None = None, outage_timeout_s: float = DEFAULT_OUTAGE_S
 ) -> optuna.storages.BaseStorage:

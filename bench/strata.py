@@ -20,7 +20,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from bench import tags as T
-from bench.errors import BenchError, HelpFormatter, cli_main
+from bench.errors import HelpFormatter, cli_main
 from bench.spec import StudySpec
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -193,7 +193,7 @@ def trial_record(study: optuna.Study) -> dict[tuple, tuple]:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     """`python -m bench.strata --study NAME STORAGE STORAGE`: do two runs of a stratified study hold the same trials?"""
-    from bench.storage import open_storage, parse_storage
+    from bench.storage import load_existing_study
 
     p = argparse.ArgumentParser(
         prog="python -m bench.strata",
@@ -206,14 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("storages", nargs=2, help="two Optuna storages: journal files or database URLs")
     args = p.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    records = []
-    for s in args.storages:
-        try:
-            study = optuna.load_study(study_name=args.study, storage=open_storage(parse_storage(s)))
-        except KeyError:
-            raise BenchError(f"no study {args.study!r} in {s}") from None
-        records.append(trial_record(study))
-    a, b = records
+    a, b = (trial_record(load_existing_study(args.study, s)) for s in args.storages)
     for key in sorted(set(a) | set(b), key=str):
         same = "same" if a.get(key) == b.get(key) else "DIFFERENT"
         params, state, value, _ = a.get(key) or b.get(key)

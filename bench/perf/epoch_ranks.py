@@ -56,7 +56,7 @@ def epoch_agreement(trials: list[optuna.trial.FrozenTrial]) -> list[EpochAgreeme
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    from bench.storage import open_storage, parse_storage
+    from bench.storage import load_existing_study
 
     p = argparse.ArgumentParser(
         prog="python -m bench.perf.epoch_ranks", formatter_class=HelpFormatter, description=__doc__.splitlines()[0]
@@ -65,10 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("storage", help="its Optuna storage: a journal file or a database URL")
     args = p.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=args.study, storage=open_storage(parse_storage(args.storage)))
-    except KeyError:
-        raise BenchError(f"no study {args.study!r} in {args.storage}") from None
+    study = load_existing_study(args.study, args.storage)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise BenchError(f"study {args.study!r} has no complete trial")

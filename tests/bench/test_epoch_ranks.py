@@ -59,3 +59,14 @@ def test_cli_prints_the_rows_and_refuses_an_unknown_study(tmp_path, capfd, monke
 def test_help_says_the_study_is_required(capfd, monkeypatch):
     code, out, _ = main_in_process("bench.perf.epoch_ranks", ["--help"], capfd, monkeypatch)
     assert code == 0 and "the study's name in the storage (required)" in out and "default: None" not in out
+
+
+def test_a_missing_storage_file_is_refused_and_not_created(tmp_path, capfd, monkeypatch):
+    missing = tmp_path / "none.journal"
+    code, _, err = main_in_process("bench.perf.epoch_ranks", ["--study", "ranks", str(missing)], capfd, monkeypatch)
+    assert code == 2 and "no such file" in err and len(err.strip().splitlines()) == 1
+    assert not missing.exists()
+    db = tmp_path / "none.db"
+    argv = ["--study", "ranks", f"sqlite:///{db}"]
+    code, _, err = main_in_process("bench.perf.epoch_ranks", argv, capfd, monkeypatch)
+    assert code == 2 and "no such file" in err and not db.exists()

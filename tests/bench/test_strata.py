@@ -302,3 +302,26 @@ def test_two_processes_sharing_postgres_log_the_same_trials_as_one_worker(tmp_pa
         assert pg_trials == trial_table(single)
     finally:
         drop_database(name)
+
+
+def test_the_compare_command_says_identical_different_or_missing(tmp_path, capfd, monkeypatch):
+    """`python -m bench.strata --study NAME A B`, the README's check, on two real journal storages."""
+    from bench.storage import open_storage, parse_storage
+    from tests.bench.helpers import main_in_process
+
+    def journal(name: str, value: float) -> str:
+        path = str(tmp_path / name)
+        study = optuna.create_study(study_name="s", storage=open_storage(parse_storage(path)), direction="maximize")
+        attrs = {T.STRATUM_ATTR: 2, T.STRATUM_INDEX_ATTR: 0}
+        dist = {"beta": optuna.distributions.FloatDistribution(0.25, 4.0)}
+        study.add_trial(
+            optuna.trial.create_trial(params={"beta": 1.0}, distributions=dist, value=value, user_attrs=attrs)
+        )
+        return path
+
+    a, b, c = journal("a.journal", -100.0), journal("b.journal", -100.0), journal("c.journal", -101.0)
+    assert main_in_process("bench.strata", ["--study", "s", a, b], capfd, monkeypatch)[0] == 0
+    code, out, _ = main_in_process("bench.strata", ["--study", "s", a, c], capfd, monkeypatch)
+    assert code == 1 and "DIFFERENT" in out and "they differ" in out
+    code, _, err = main_in_process("bench.strata", ["--study", "s", a, str(tmp_path / "x.journal")], capfd, monkeypatch)
+    assert code == 2 and "no such file" in err and not (tmp_path / "x.journal").exists()
